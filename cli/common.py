@@ -1,0 +1,144 @@
+"""What every command group shares: settings, the client, errors, rendering."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from orchestrator import Client
+from orchestrator.errors import OrchestratorError
+from orchestrator.settings import Settings, load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CleanErrors(TyperGroup):
+    """Turns the library's errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OrchestratorError as e:
+            err_console.print(
+                f"[red]Error:[/red] {e}", markup=True, highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(e.exit_code) from e
+
+
+class AppState:
+    """Built once per invocation by the root callback: settings and a client."""
+
+    def __init__(self, settings: Settings | None = None):
+        self._settings = settings
+        self._client: Client | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.settings, notify=lambda msg: err_console.print(msg))
+        return self._client
+
+
+def state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = AppState()
+    return root.obj
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, for jq: models are dumped with their field names."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, list):
+        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def status_style(status: str) -> str:
+    colour = {
+        "succeeded": "green",
+        "failed": "red",
+        "running": "yellow",
+        "queued": "cyan",
+        "dead_lettered": "magenta",
+        "cancelled": "dim",
+    }
+    return f"[{colour.get(status, 'white')}]{status}[/]"
+
+
+def render_result(result: Any, title: str = "Result") -> None:
+    """Scalars as a key/value table, each list of objects as its own table."""
+    if not isinstance(result, dict):
+        console.print_json(json.dumps(result, default=str))
+        return
+    scalars = Table(title=title, show_header=False)
+    scalars.add_column("field", style="bold")
+    scalars.add_column("value")
+    for key, value in result.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            continue
+        scalars.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
+    if scalars.row_count:
+        console.print(scalars)
+    for key, value in result.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            console.print(_rows_table(key, value))
+
+
+def _rows_table(title: str, rows: list[dict]) -> Table:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{len(value)} values]"
+    return value if isinstance(value, str) else json.dumps(value)

@@ -1,0 +1,80 @@
+"""`wtm executions list | show`: the history in the records."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from cli.common import console, print_json, seconds, size, state, status_style, when
+from cli.run import show_record
+
+app = typer.Typer(help="Execution history.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: str | None = typer.Option(None, help="Only this status (e.g. failed)."),
+    limit: int = typer.Option(20, min=1, help="At most this many, newest first."),
+    target: str | None = typer.Option(None, "--task", help="Only this task or pipeline."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List executions, newest first."""
+    records = state(ctx).client.executions(status, limit, target)
+    if as_json:
+        print_json(records)
+        return
+    table = Table(title=f"executions ({len(records)})")
+    for column in (
+        "execution_id",
+        "target",
+        "status",
+        "submitted",
+        "queue wait",
+        "duration",
+        "attempts",
+        "worker",
+        "memory",
+    ):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            r.execution_id,
+            r.target,
+            status_style(r.status.value),
+            when(r.submitted_at),
+            seconds(r.queue_wait),
+            seconds(r.duration),
+            str(r.attempts),
+            r.worker_id or "-",
+            size(r.memory_usage),
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    execution_id: str,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One execution: status, timings, steps, error and result."""
+    record = state(ctx).client.execution(execution_id)
+    if as_json:
+        print_json(record)
+        return
+    show_record(record, as_json=False)
+    steps = Table(title="steps")
+    for column in ("step", "task", "status", "attempts", "duration", "worker", "error"):
+        steps.add_column(column)
+    for s in record.steps:
+        steps.add_row(
+            s.step_id,
+            s.task_id,
+            status_style(s.status.value),
+            str(s.attempts),
+            seconds(s.duration),
+            s.worker_id or "-",
+            s.error.message if s.error else "",
+        )
+    console.print(steps)

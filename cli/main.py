@@ -1,0 +1,32 @@
+"""The root `wtm` app: command groups joined with add_typer."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import executions, stack, task
+from cli.common import CleanErrors
+from cli.run import run
+
+app = typer.Typer(
+    name="wtm",
+    help="Worker Task Manager: ML tasks and pipelines on Ray.",
+    cls=CleanErrors,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command()(stack.up)
+app.command()(stack.down)
+app.command()(stack.health)
+app.command()(stack.demo)
+app.command()(run)
+app.add_typer(task.app, name="task")
+app.add_typer(executions.app, name="executions")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""`wtm run TARGET INPUT`: one execution through the queue."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import console, print_json, render_result, seconds, state, status_style
+from orchestrator.inputs import parse_input
+from orchestrator.models import ExecutionRecord, ExecutionStatus
+
+
+def run(
+    ctx: typer.Context,
+    target: str = typer.Argument(..., help="A registered task id."),
+    input_text: str = typer.Argument(
+        ..., metavar="INPUT", help="JSON text, @file.json, or a bare string."
+    ),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the result."),
+    priority: int | None = typer.Option(None, min=1, max=10, help="1 (low) to 10 (high)."),
+    version: str | None = typer.Option(None, help="Pin a task version."),
+    timeout: float | None = typer.Option(None, help="Stop waiting after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print the execution record as JSON."),
+) -> None:
+    """Submit a task execution through the queue and (by default) wait for it."""
+    client = state(ctx).client
+    document = parse_input(input_text)
+    if not wait:
+        execution_id = client.submit(target, document, priority=priority, version=version)
+        print_json({"execution_id": execution_id}) if as_json else console.print(execution_id)
+        return
+    record = client.run(target, document, priority=priority, version=version, timeout=timeout)
+    show_record(record, as_json)
+    if record.status != ExecutionStatus.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def show_record(record: ExecutionRecord, as_json: bool) -> None:
+    """An execution as JSON, or as a status line, its error and its result."""
+    if as_json:
+        print_json(record)
+        return
+    console.print(
+        f"{record.execution_id} {record.target} {status_style(record.status.value)} "
+        f"attempts {record.attempts} worker {record.worker_id or '-'} "
+        f"queue wait {seconds(record.queue_wait)} run {seconds(record.duration)}"
+    )
+    if record.error:
+        console.print(f"[red]{record.error.type}[/red]: {record.error.message}", highlight=False)
+    if record.result is not None:
+        render_result(record.result)
+    elif record.result_ref:
+        console.print(f"result stored at {record.result_ref}")

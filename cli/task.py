@@ -1,0 +1,130 @@
+"""`wtm task register | list | info | test`: the task registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from cli.common import console, print_json, render_result, size, state, when
+from orchestrator.inputs import parse_input
+
+app = typer.Typer(help="Register, inspect and test task packages.", no_args_is_help=True)
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    paths: list[Path] = typer.Argument(..., help="Task package folders."),
+    force: bool = typer.Option(False, help="Replace a version registered with other content."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Store task packages in the object store and their metadata in the records."""
+    client = state(ctx).client
+    done = []
+    for path in paths:
+        record, changed = client.register_task(path, force=force)
+        done.append(record)
+        if not as_json:
+            verb = "registered" if changed else "unchanged"
+            console.print(
+                f"{verb} {record.task_id} {record.version} "
+                f"sha256 {record.sha256[:12]} ({size(record.size)})"
+            )
+    if as_json:
+        print_json(done)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Registered tasks, one row per version."""
+    records = state(ctx).client.tasks()
+    if as_json:
+        print_json(records)
+        return
+    table = Table(title=f"tasks ({len(records)} versions)")
+    for column in (
+        "task_id",
+        "version",
+        "name",
+        "queue",
+        "priority",
+        "timeout",
+        "sha256",
+        "size",
+        "registered",
+    ):
+        table.add_column(column)
+    for r in records:
+        s = r.spec
+        table.add_row(
+            r.task_id,
+            r.version,
+            s["name"],
+            s["queue"],
+            str(s["priority"]),
+            f"{s['timeout']:g} s",
+            r.sha256[:12],
+            size(r.size),
+            when(r.registered_at),
+        )
+    console.print(table)
+
+
+@app.command()
+def info(
+    ctx: typer.Context,
+    task_id: str,
+    version: str | None = typer.Option(None, help="A version (default: latest)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A task's metadata, schemas and versions."""
+    client = state(ctx).client
+    record = client.task(task_id, version)
+    versions = [r for r in client.tasks() if r.task_id == task_id]
+    if as_json:
+        print_json({**record.model_dump(mode="json"), "versions": [v.version for v in versions]})
+        return
+    s = record.spec
+    tree = Tree(f"[bold]{record.task_id}[/bold] {record.version}: {s['name']}")
+    tree.add(s.get("description") or "(no description)")
+    meta = tree.add("metadata")
+    for key in (
+        "author",
+        "category",
+        "entry_point",
+        "queue",
+        "priority",
+        "timeout",
+        "max_retries",
+        "tags",
+        "requirements",
+    ):
+        meta.add(f"{key}: {s.get(key)}")
+    meta.add(f"sha256: {record.sha256} ({size(record.size)})")
+    for key in ("input_schema", "output_schema"):
+        branch = tree.add(key)
+        for line in json.dumps(s.get(key) or {}, indent=2).splitlines():
+            branch.add(line, highlight=False)
+    vbranch = tree.add("versions")
+    for v in versions:
+        vbranch.add(f"{v.version}  {v.sha256[:12]}  {when(v.registered_at)}")
+    console.print(tree)
+
+
+@app.command()
+def test(
+    ctx: typer.Context,
+    task_id: str,
+    input_text: str = typer.Argument(
+        ..., metavar="INPUT", help="JSON text, @file.json, or a bare string."
+    ),
+    version: str | None = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run a registered task in this process, without the cluster."""
+    result = state(ctx).client.test_task(task_id, parse_input(input_text), version=version)
+    print_json(result) if as_json else render_result(result, title=task_id)

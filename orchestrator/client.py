@@ -1,0 +1,238 @@
+"""The client: what the CLI and notebooks call. Needs Redis and the records, not Ray.
+
+from orchestrator import Client
+client = Client()                       # embedded stack, started if needed
+record = client.run("face_detection", {"image_path": "astronaut.jpg"})
+record.result["face_count"]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from orchestrator import keys, packages, stack
+from orchestrator.errors import ExecutionFailed, InputError, NotFoundError
+from orchestrator.inputs import resolve_paths, shape_input
+from orchestrator.models import (
+    ErrorInfo,
+    ExecutionRecord,
+    ExecutionStatus,
+    Job,
+    TaskRecord,
+    new_execution_id,
+)
+from orchestrator.objects import ObjectStore, open_objects
+from orchestrator.records import RecordStore, open_records
+from orchestrator.runner import TaskRunner, validate_input
+from orchestrator.settings import Settings, load_settings
+from orchestrator.taskspec import TaskSpec
+
+#: Seconds between records checks while waiting, in case an event was missed.
+FALLBACK_POLL_S = 2.0
+
+
+class Client:
+    """Registers tasks, submits executions, waits for them, reads history."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        start: bool = True,
+        notify: stack.Notify | None = None,
+    ):
+        self.settings = settings or load_settings()
+        self.records: RecordStore = open_records(self.settings)
+        self.objects: ObjectStore = open_objects(self.settings)
+        self._start = start
+        self._notify = notify
+        self._redis: redis.Redis | None = None
+
+    # registry ----------------------------------------------------------------
+    def register_task(self, folder: str | Path, force: bool = False) -> tuple[TaskRecord, bool]:
+        """Store a task package; returns (record, whether anything changed)."""
+        return packages.register(Path(folder), self.records, self.objects, force=force)
+
+    def tasks(self) -> list[TaskRecord]:
+        return self.records.list_tasks()
+
+    def task(self, task_id: str, version: str | None = None) -> TaskRecord:
+        return packages.resolve(self.records, task_id, version)
+
+    def test_task(
+        self, task_id: str, input_data: Any, version: str | None = None, cwd: Path | None = None
+    ) -> dict[str, Any]:
+        """Run a registered task in this process, without the cluster."""
+        record = self.task(task_id, version)
+        document = self._prepare_input(record, input_data, cwd)
+        runner = TaskRunner.load(record, self.objects, self.settings.home / "cache" / "packages")
+        try:
+            return runner(document)
+        finally:
+            runner.task.shutdown()
+
+    # executions --------------------------------------------------------------
+    def submit(
+        self,
+        target: str,
+        input_data: Any,
+        *,
+        priority: int | None = None,
+        version: str | None = None,
+        cwd: Path | None = None,
+    ) -> str:
+        """Validate, record as queued, enqueue; returns the execution id."""
+        record = self.task(target, version)
+        execution = self._new_execution(record, input_data, priority, cwd)
+        self._enqueue(execution)
+        return execution.execution_id
+
+    def run(
+        self,
+        target: str,
+        input_data: Any,
+        *,
+        priority: int | None = None,
+        version: str | None = None,
+        cwd: Path | None = None,
+        timeout: float | None = None,
+        raise_on_failure: bool = False,
+    ) -> ExecutionRecord:
+        """Submit and wait for the terminal record."""
+        record = self.task(target, version)
+        execution = self._new_execution(record, input_data, priority, cwd)
+        with self._subscribe(execution.execution_id) as events:
+            self._enqueue(execution)
+            result = self._wait(execution.execution_id, events, timeout)
+        if raise_on_failure and result.status != ExecutionStatus.SUCCEEDED:
+            raise ExecutionFailed(result)
+        return result
+
+    def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionRecord:
+        """Block until the execution is terminal (or timeout: the current record)."""
+        with self._subscribe(execution_id) as events:
+            return self._wait(execution_id, events, timeout)
+
+    def execution(self, execution_id: str) -> ExecutionRecord:
+        record = self.records.get_execution(execution_id)
+        if record is None:
+            raise NotFoundError(f"unknown execution {execution_id!r}")
+        return record
+
+    def executions(
+        self, status: str | None = None, limit: int = 50, target: str | None = None
+    ) -> list[ExecutionRecord]:
+        try:
+            wanted = ExecutionStatus(status) if status else None
+        except ValueError as e:
+            choices = ", ".join(s.value for s in ExecutionStatus)
+            raise InputError(f"unknown status {status!r}; one of {choices}") from e
+        return self.records.list_executions(wanted, limit, target)
+
+    # steps -------------------------------------------------------------------
+    def _prepare_input(self, record: TaskRecord, input_data: Any, cwd: Path | None) -> Any:
+        spec = TaskSpec.model_validate(record.spec)
+        document = shape_input(input_data, spec.input_schema)
+        document = resolve_paths(document, cwd or Path.cwd())
+        validate_input(spec.input_schema, document, f"{spec.task_id} input")
+        return document
+
+    def _new_execution(
+        self, record: TaskRecord, input_data: Any, priority: int | None, cwd: Path | None
+    ) -> ExecutionRecord:
+        spec = TaskSpec.model_validate(record.spec)
+        document = self._prepare_input(record, input_data, cwd)
+        return ExecutionRecord(
+            execution_id=new_execution_id(),
+            kind="task",
+            task_id=record.task_id,
+            version=record.version,
+            priority=priority or spec.priority,
+            queue=spec.queue,
+            input=document,
+            submitted_at=time.time(),
+        )
+
+    def _enqueue(self, execution: ExecutionRecord) -> None:
+        """Record first, then the stream: a dispatcher always finds the record."""
+        r = self.redis
+        self.records.insert_execution(execution)
+        job = Job(
+            execution_id=execution.execution_id,
+            kind=execution.kind,
+            target=execution.target,
+            version=execution.version,
+            queue=execution.queue,
+            priority=execution.priority,
+            submitted_at=execution.submitted_at,
+            input=execution.input,
+        )
+        try:
+            pipe = r.pipeline(transaction=True)
+            pipe.sadd(keys.QUEUES_SET, execution.queue)
+            pipe.xadd(keys.stream(execution.queue, keys.lane_for(execution.priority)), job.encode())
+            pipe.execute()
+        except redis.RedisError as e:
+            execution.status = ExecutionStatus.FAILED
+            execution.error = ErrorInfo(type="EnqueueError", message=str(e))
+            self.records.save_execution(execution)
+            raise stack.StackError(f"could not enqueue on Redis: {e}") from e
+
+    def _subscribe(self, execution_id: str):
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(keys.events(execution_id))
+        return _Closing(pubsub)
+
+    def _wait(self, execution_id: str, events, timeout: float | None) -> ExecutionRecord:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.execution(execution_id)
+            if record.status.terminal:
+                return record
+            wait = FALLBACK_POLL_S
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return record
+            message = events.get_message(timeout=wait)
+            while message is not None and not _terminal(message):
+                message = events.get_message(timeout=0)
+
+    # connections -------------------------------------------------------------
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            if self._start:
+                self.settings = stack.ensure(self.settings, self._notify)
+            else:
+                self.settings = stack.resolve(self.settings)
+            self._redis = redis.Redis.from_url(self.settings.redis.url)
+        return self._redis
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+        self.records.close()
+
+
+def _terminal(message: dict) -> bool:
+    try:
+        return ExecutionStatus(json.loads(message["data"])["status"]).terminal
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+class _Closing:
+    def __init__(self, pubsub):
+        self.pubsub = pubsub
+
+    def __enter__(self):
+        return self.pubsub
+
+    def __exit__(self, *exc):
+        self.pubsub.close()

@@ -1,0 +1,90 @@
+"""One error tree for the whole system.
+
+Every error a user can cause or meet derives from :class:`OrchestratorError`.
+The CLI turns these into one-line messages and a non-zero exit code; anything
+else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(OrchestratorError):
+    """Raised when settings or a config file are malformed."""
+
+    exit_code = 2
+
+
+class InputError(OrchestratorError):
+    """Raised when user input (INPUT argument, file, JSON) is malformed."""
+
+    exit_code = 2
+
+
+class SpecError(OrchestratorError):
+    """Raised when a task.json or pipeline file breaks its schema."""
+
+    exit_code = 2
+
+
+class NotFoundError(OrchestratorError):
+    """Raised when a task, version, pipeline or execution does not exist."""
+
+    exit_code = 3
+
+
+class ConflictError(OrchestratorError):
+    """Raised when a write would overwrite something that must not change."""
+
+    exit_code = 4
+
+
+class PackageError(OrchestratorError):
+    """Raised when a task package cannot be built, verified, extracted or loaded."""
+
+
+class StackError(OrchestratorError):
+    """Raised when the embedded stack cannot start, stop or be reached."""
+
+
+class TaskError(OrchestratorError):
+    """Base of errors raised by task code; carries whether a retry may help."""
+
+    retryable = False
+
+
+class RetryableError(TaskError):
+    """Raised by a task when the same call may succeed if tried again."""
+
+    retryable = True
+
+
+class FatalError(TaskError):
+    """Raised by a task when retrying cannot help."""
+
+
+class ValidationError(FatalError):
+    """Raised when a task's input or output breaks its JSON Schema."""
+
+    exit_code = 2
+
+
+class TaskTimeoutError(RetryableError):
+    """Raised when a call runs past its task's timeout (its replica is killed)."""
+
+
+class ExecutionFailed(OrchestratorError):
+    """Raised by a waiting client when the execution ended in failure."""
+
+    def __init__(self, record):  # record: ExecutionRecord
+        error = record.error or {}
+        super().__init__(
+            f"execution {record.execution_id} {record.status.value}: "
+            f"{error.get('type', 'Error')}: {error.get('message', '')}"
+        )
+        self.record = record

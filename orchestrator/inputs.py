@@ -1,0 +1,73 @@
+"""Turning what a user typed into an input document.
+
+INPUT is JSON text, ``@file.json``, or a bare string (the seed's
+``'"test.jpg"'``). A bare string given to a task whose schema requires one
+field becomes that field. Path fields (``*_path``) relative to the caller's
+working directory are made absolute and must exist, so the replica reads the
+file the caller meant, wherever it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import InputError
+
+
+def parse_input(text: str) -> Any:
+    """JSON text, ``@file.json``, or a bare string."""
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise InputError(f"input file {path}: {e.strerror or e}") from e
+        return _loads(text, str(path))
+    stripped = text.strip()
+    if stripped[:1] in ("{", "[", '"') or stripped in ("true", "false", "null"):
+        return _loads(stripped, "INPUT")
+    try:
+        return json.loads(stripped)  # numbers
+    except json.JSONDecodeError:
+        return text  # a bare word, such as an image name
+
+
+def _loads(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"{source}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from e
+
+
+def shape_input(value: Any, schema: dict[str, Any] | None) -> Any:
+    """Wrap a bare value as the single required field of an object schema."""
+    if isinstance(value, dict) or not schema or schema.get("type") != "object":
+        return value
+    required = schema.get("required") or []
+    if len(required) == 1:
+        return {required[0]: value}
+    raise InputError(f"input must be a JSON object, got {type(value).__name__}")
+
+
+def is_path_field(name: str) -> bool:
+    return name == "path" or name.endswith("_path")
+
+
+def resolve_paths(document: Any, cwd: Path) -> Any:
+    """Make ``*_path`` fields absolute against cwd; each must name a file."""
+    if not isinstance(document, dict):
+        return document
+    out = dict(document)
+    for name, value in document.items():
+        if not (is_path_field(name) and isinstance(value, str)) or "://" in value:
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else (cwd / path)
+        if not path.is_file():
+            raise InputError(f"input field {name!r}: no such file {value!r}")
+        out[name] = str(path.resolve())
+    return out

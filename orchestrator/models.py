@@ -1,0 +1,160 @@
+"""Records (pydantic models) and the job message that travels on the streams.
+
+Field names follow brief section 3.4: the CLI's ``--json`` prints them as is.
+Times are Unix seconds (floats) so that durations are plain subtraction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_execution_id(now: float | None = None) -> str:
+    """A ULID: 48 bits of milliseconds then 80 random bits, so ids sort by time."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+class ExecutionStatus(str, Enum):
+    """Lifecycle of one execution."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD_LETTERED = "dead_lettered"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+
+
+class StepStatus(str, Enum):
+    """Lifecycle of one step of an execution."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class ErrorInfo(BaseModel):
+    """What went wrong: the error class, its message, and the step it hit."""
+
+    type: str
+    message: str
+    step: str | None = None
+
+
+class StepRecord(BaseModel):
+    """One step of an execution (a task run is a one-step execution)."""
+
+    step_id: str
+    task_id: str
+    version: str | None = None
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    worker_id: str | None = None
+    node: str | None = None
+    error: ErrorInfo | None = None
+    cache_hit: bool = False
+
+
+class ExecutionRecord(BaseModel):
+    """The system of record for one execution."""
+
+    execution_id: str
+    kind: Literal["task", "pipeline"]
+    task_id: str | None = None
+    pipeline_id: str | None = None
+    version: str | None = None
+    status: ExecutionStatus = ExecutionStatus.QUEUED
+    priority: int = 5
+    queue: str = "default"
+    input: Any = None
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    queue_wait: float | None = None
+    memory_usage: int | None = None
+    attempts: int = 0
+    worker_id: str | None = None
+    error: ErrorInfo | None = None
+    result: Any = None
+    result_ref: str | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return self.task_id if self.kind == "task" else self.pipeline_id  # type: ignore[return-value]
+
+
+class TaskRecord(BaseModel):
+    """One registered version of a task package."""
+
+    task_id: str
+    version: str
+    sha256: str
+    size: int
+    object_key: str
+    registered_at: float
+    spec: dict[str, Any]
+
+
+class WorkerRecord(BaseModel):
+    """A replica's last heartbeat."""
+
+    worker_id: str
+    task_id: str
+    version: str
+    node: str | None = None
+    pid: int | None = None
+    state: str = "starting"
+    in_flight: int = 0
+    processed: int = 0
+    failed: int = 0
+    loads: int = 0
+    mean_latency: float | None = None
+    memory: int | None = None
+    started_at: float | None = None
+    heartbeat_at: float | None = None
+
+
+class Job(BaseModel):
+    """The immutable message on a stream: enough to run without a records read."""
+
+    model_config = ConfigDict(frozen=True)
+
+    execution_id: str
+    kind: Literal["task", "pipeline"]
+    target: str
+    version: str | None = None
+    queue: str = "default"
+    priority: int = 5
+    submitted_at: float
+    input: Any = None
+
+    def encode(self) -> dict[str, str]:
+        """Fields for XADD."""
+        return {"job": self.model_dump_json()}
+
+    @classmethod
+    def decode(cls, fields: dict[bytes | str, bytes | str]) -> Job:
+        raw = fields.get(b"job", fields.get("job"))
+        return cls.model_validate(json.loads(raw))

@@ -1,0 +1,62 @@
+"""Object store in a local folder: ``<root>/<bucket>/<key>``, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from orchestrator.errors import InputError, NotFoundError
+
+
+class LocalObjectStore:
+    """The embedded object store; safe for concurrent writers via rename."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _path(self, bucket: str, key: str) -> Path:
+        path = (self.root / bucket / key).resolve()
+        if not path.is_relative_to((self.root / bucket).resolve()) or not key:
+            raise InputError(f"object key {key!r} escapes bucket {bucket!r}")
+        return path
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        path = self._path(bucket, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, bucket: str, key: str) -> bytes:
+        try:
+            return self._path(bucket, key).read_bytes()
+        except FileNotFoundError as e:
+            raise NotFoundError(f"no object {bucket}/{key}") from e
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self._path(bucket, key).is_file()
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._path(bucket, key).unlink(missing_ok=True)
+
+    def list(self, bucket: str, prefix: str = "") -> list[str]:
+        base = self.root / bucket
+        if not base.is_dir():
+            return []
+        keys = (
+            p.relative_to(base).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
+        )
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    def uri(self, bucket: str, key: str) -> str:
+        return self._path(bucket, key).as_uri()

@@ -1,0 +1,245 @@
+"""Task packages: deterministic archives, registration, safe extraction, import.
+
+A package is content-addressed: the archive of a folder always has the same
+bytes, so its sha256 names the code. Replicas extract into a cache keyed by
+that sha256 and import the entry point under a module name unique to it, so
+two packages that both have a ``task.py`` load side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import importlib
+import io
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import types
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from orchestrator import keys
+from orchestrator.errors import ConflictError, NotFoundError, PackageError
+from orchestrator.models import TaskRecord
+from orchestrator.objects import ObjectStore
+from orchestrator.records import RecordStore
+from orchestrator.sdk import TaskBase
+from orchestrator.taskspec import TaskSpec, load_spec
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an archive may hold before extraction refuses it."""
+
+    max_bytes: int = 512 * 1024 * 1024
+    max_files: int = 10_000
+
+
+_SKIP_DIRS = {"__pycache__", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+
+
+def build_archive(folder: Path) -> bytes:
+    """A gzip'd tar of folder with fixed order, times, owners and modes."""
+    folder = Path(folder)
+    buffer = io.BytesIO()
+    # gzip header mtime=0 and no file name: same folder, same bytes.
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in _package_files(folder):
+            info = tarfile.TarInfo(path.relative_to(folder).as_posix())
+            data = path.read_bytes()
+            info.size = len(data)
+            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _package_files(folder: Path) -> list[Path]:
+    files = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).parts
+        if any(p in _SKIP_DIRS for p in rel) or path.suffix == ".pyc":
+            continue
+        if path.is_symlink():
+            raise PackageError(f"{path}: symbolic links are not packaged")
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def register(
+    folder: Path, records: RecordStore, objects: ObjectStore, force: bool = False
+) -> tuple[TaskRecord, bool]:
+    """Store a package folder's archive and record; returns (record, changed).
+
+    The object goes first and the record last, so a record never names a
+    missing archive. Registering the same content again changes nothing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFoundError(f"{folder}: no such task folder")
+    spec = load_spec(folder)
+    data = build_archive(folder)
+    sha = hashlib.sha256(data).hexdigest()
+    existing = records.get_task(spec.task_id, spec.version)
+    if existing and existing.sha256 == sha:
+        return existing, False
+    if existing and not force:
+        raise ConflictError(
+            f"{spec.task_id} version {spec.version} is registered with other content; "
+            "bump the version or use --force"
+        )
+    key = keys.package_key(spec.task_id, spec.version, sha)
+    objects.put(keys.TASKS_BUCKET, key, data)
+    record = TaskRecord(
+        task_id=spec.task_id,
+        version=spec.version,
+        sha256=sha,
+        size=len(data),
+        object_key=key,
+        registered_at=time.time(),
+        spec=spec.model_dump(mode="json"),
+    )
+    records.put_task(record)
+    return record, True
+
+
+def resolve(records: RecordStore, task_id: str, version: str | None = None) -> TaskRecord:
+    """The registered record for a task (latest version unless pinned)."""
+    record = records.get_task(task_id, version)
+    if record is None:
+        pinned = f" version {version}" if version else ""
+        raise NotFoundError(f"unknown task {task_id!r}{pinned}; see `wtm task list`")
+    return record
+
+
+def fetch(record: TaskRecord, objects: ObjectStore, cache: Path, limits: Limits = Limits()) -> Path:
+    """Download, verify and safely extract a package; returns its folder.
+
+    The cache is keyed by sha256 and filled by rename, so concurrent loaders
+    on one machine never see a half-extracted package.
+    """
+    target = Path(cache) / record.sha256
+    if target.is_dir():
+        return target
+    data = objects.get(keys.TASKS_BUCKET, record.object_key)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != record.sha256:
+        raise PackageError(
+            f"{record.task_id}@{record.version}: archive sha256 {actual[:12]} "
+            f"does not match the record's {record.sha256[:12]}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+    try:
+        extract(data, staging, limits)
+        with contextlib.suppress(OSError):  # another loader won: theirs is identical
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def extract(data: bytes, dest: Path, limits: Limits = Limits()) -> None:
+    """Extract an archive, refusing anything that could escape dest."""
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")  # noqa: SIM115 - closed below
+    except tarfile.TarError as e:
+        raise PackageError(f"not a readable archive: {e}") from e
+    with tar:
+        members = tar.getmembers()
+        _check_members(members, limits)
+        tar.extractall(dest, filter="data")
+
+
+def _check_members(members: list[tarfile.TarInfo], limits: Limits) -> None:
+    if len(members) > limits.max_files:
+        raise PackageError(f"archive has {len(members)} entries, over the {limits.max_files} limit")
+    total = 0
+    for m in members:
+        name = m.name
+        if name.startswith("/") or Path(name).is_absolute():
+            raise PackageError(f"archive entry {name!r} is an absolute path")
+        if ".." in Path(name).parts:
+            raise PackageError(f"archive entry {name!r} climbs out with '..'")
+        if m.isdev() or m.isfifo():
+            raise PackageError(f"archive entry {name!r} is a device or fifo")
+        if m.issym() or m.islnk():
+            link = Path(name).parent / m.linkname if m.issym() else Path(m.linkname)
+            if Path(m.linkname).is_absolute() or ".." in Path(*link.parts).parts:
+                raise PackageError(f"archive entry {name!r} links outside the package")
+        total += m.size
+        if total > limits.max_bytes:
+            raise PackageError(f"archive unpacks to over {limits.max_bytes} bytes")
+
+
+def check_requirements(spec: TaskSpec) -> None:
+    """Fail with the full list of requirements this environment lacks."""
+    if spec.runtime_env:  # the task brings its own environment
+        return
+    missing = []
+    for line in spec.requirements:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement as e:
+            raise PackageError(f"{spec.task_id}: bad requirement {line!r}") from e
+        if not _satisfied(req):
+            missing.append(line)
+    if missing:
+        raise PackageError(f"{spec.task_id}: missing requirements: {', '.join(missing)}")
+
+
+# Distribution names that provide the same import as another (pins in the seed's
+# task.json name opencv-python; we install the headless build).
+_ALIASES = {"opencv-python": ("opencv-python-headless", "opencv-contrib-python-headless")}
+
+
+def _satisfied(req: Requirement) -> bool:
+    for name in (req.name, *_ALIASES.get(req.name.lower(), ())):
+        try:
+            version = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+        if not req.specifier or req.specifier.contains(version, prereleases=True):
+            return True
+    return False
+
+
+def module_name(record: TaskRecord) -> str:
+    """The import name a package's code lives under in any process."""
+    safe = "".join(c if c.isalnum() else "_" for c in record.task_id)
+    return f"wtm_pkg_{safe}_{record.sha256[:12]}"
+
+
+def load_task(record: TaskRecord, folder: Path) -> TaskBase:
+    """Import the entry point from an extracted package and build the task."""
+    spec = TaskSpec.model_validate(record.spec)
+    check_requirements(spec)
+    name = module_name(record)
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(folder)]  # relative imports resolve inside it
+        package.__file__ = str(folder / "__init__.py")
+        sys.modules[name] = package
+    module_path, _, class_name = spec.entry_point.rpartition(".")
+    try:
+        module = importlib.import_module(f"{name}.{module_path}")
+        cls = getattr(module, class_name)
+    except (ImportError, AttributeError, SyntaxError) as e:
+        raise PackageError(f"{spec.task_id}: cannot import {spec.entry_point}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, TaskBase)):
+        raise PackageError(f"{spec.task_id}: {spec.entry_point} is not a TaskBase subclass")
+    task = cls()
+    task.metadata = dict(record.spec)
+    task.metadata.setdefault("package_dir", str(folder))
+    return task

@@ -1,0 +1,66 @@
+"""The record store contract and how settings choose an implementation.
+
+Each method is atomic on its own: a reader never sees half a record.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from orchestrator.models import ExecutionRecord, ExecutionStatus, TaskRecord, WorkerRecord
+from orchestrator.settings import Settings
+
+
+class RecordStore(Protocol):
+    """Tasks, executions and workers; pipelines join them in a later layer."""
+
+    def put_task(self, record: TaskRecord) -> None:
+        """Insert or replace one (task_id, version)."""
+
+    def get_task(self, task_id: str, version: str | None = None) -> TaskRecord | None:
+        """One version, or the latest registered one when version is None."""
+
+    def list_tasks(self) -> list[TaskRecord]:
+        """Every registered version, ordered by task id then registration time."""
+
+    def delete_task(self, task_id: str, version: str | None = None) -> int:
+        """Delete one version, or all of them; returns how many were deleted."""
+
+    def insert_execution(self, record: ExecutionRecord) -> None:
+        """Insert a new execution; fails if its id exists."""
+
+    def save_execution(self, record: ExecutionRecord) -> None:
+        """Replace an execution record as a whole."""
+
+    def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        """One execution, or None."""
+
+    def list_executions(
+        self, status: ExecutionStatus | None = None, limit: int = 50, target: str | None = None
+    ) -> list[ExecutionRecord]:
+        """Newest first, optionally filtered by status and task or pipeline id."""
+
+    def put_worker(self, record: WorkerRecord) -> None:
+        """Insert or replace a worker's heartbeat."""
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """Every worker that ever reported, ordered by id."""
+
+    def delete_worker(self, worker_id: str) -> None:
+        """Forget a worker."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def open_records(settings: Settings) -> RecordStore:
+    """The record store the settings name: MongoDB for a mongodb:// URI, else SQLite."""
+    uri = settings.records.uri
+    if uri and uri.startswith(("mongodb://", "mongodb+srv://", "mongomock://")):
+        from orchestrator.records.mongo import MongoRecordStore
+
+        return MongoRecordStore.from_uri(uri, settings.records.database)
+    from orchestrator.records.sqlite import SqliteRecordStore
+
+    path = uri.removeprefix("sqlite:///") if uri else settings.home / "records.db"
+    return SqliteRecordStore(path)

@@ -1,0 +1,151 @@
+"""SQLite record store: the embedded default (one file, WAL, indexed columns).
+
+Each record is stored whole as JSON next to the columns that are filtered or
+sorted on, so the schema never lags behind the pydantic models.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from orchestrator.models import ExecutionRecord, ExecutionStatus, TaskRecord, WorkerRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT NOT NULL, version TEXT NOT NULL, registered_at REAL NOT NULL,
+    doc TEXT NOT NULL, PRIMARY KEY (task_id, version));
+CREATE TABLE IF NOT EXISTS executions (
+    execution_id TEXT PRIMARY KEY, status TEXT NOT NULL, target TEXT,
+    submitted_at REAL NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS executions_status ON executions (status, submitted_at);
+CREATE INDEX IF NOT EXISTS executions_target ON executions (target, submitted_at);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY, task_id TEXT, heartbeat_at REAL, doc TEXT NOT NULL);
+"""
+
+
+class SqliteRecordStore:
+    """Record store in one SQLite file, safe across threads and processes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        # One connection per thread: sqlite3 connections must not be shared.
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    # tasks -----------------------------------------------------------------
+    def put_task(self, record: TaskRecord) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)",
+            (record.task_id, record.version, record.registered_at, record.model_dump_json()),
+        )
+
+    def get_task(self, task_id: str, version: str | None = None) -> TaskRecord | None:
+        if version is None:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT doc FROM tasks WHERE task_id = ? ORDER BY registered_at DESC LIMIT 1",
+                    (task_id,),
+                )
+                .fetchone()
+            )
+        else:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT doc FROM tasks WHERE task_id = ? AND version = ?", (task_id, version)
+                )
+                .fetchone()
+            )
+        return TaskRecord.model_validate_json(row[0]) if row else None
+
+    def list_tasks(self) -> list[TaskRecord]:
+        rows = self._conn().execute("SELECT doc FROM tasks ORDER BY task_id, registered_at")
+        return [TaskRecord.model_validate_json(r[0]) for r in rows]
+
+    def delete_task(self, task_id: str, version: str | None = None) -> int:
+        if version is None:
+            cur = self._conn().execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+        else:
+            cur = self._conn().execute(
+                "DELETE FROM tasks WHERE task_id = ? AND version = ?", (task_id, version)
+            )
+        return cur.rowcount
+
+    # executions --------------------------------------------------------------
+    def insert_execution(self, record: ExecutionRecord) -> None:
+        self._conn().execute("INSERT INTO executions VALUES (?, ?, ?, ?, ?)", _row(record))
+
+    def save_execution(self, record: ExecutionRecord) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO executions VALUES (?, ?, ?, ?, ?)", _row(record)
+        )
+
+    def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        row = (
+            self._conn()
+            .execute("SELECT doc FROM executions WHERE execution_id = ?", (execution_id,))
+            .fetchone()
+        )
+        return ExecutionRecord.model_validate_json(row[0]) if row else None
+
+    def list_executions(
+        self, status: ExecutionStatus | None = None, limit: int = 50, target: str | None = None
+    ) -> list[ExecutionRecord]:
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(ExecutionStatus(status).value)
+        if target is not None:
+            where.append("target = ?")
+            args.append(target)
+        sql = "SELECT doc FROM executions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY submitted_at DESC, execution_id DESC LIMIT ?"
+        rows = self._conn().execute(sql, (*args, limit))
+        return [ExecutionRecord.model_validate_json(r[0]) for r in rows]
+
+    # workers -----------------------------------------------------------------
+    def put_worker(self, record: WorkerRecord) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?)",
+            (record.worker_id, record.task_id, record.heartbeat_at, record.model_dump_json()),
+        )
+
+    def list_workers(self) -> list[WorkerRecord]:
+        rows = self._conn().execute("SELECT doc FROM workers ORDER BY worker_id")
+        return [WorkerRecord.model_validate_json(r[0]) for r in rows]
+
+    def delete_worker(self, worker_id: str) -> None:
+        self._conn().execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _row(record: ExecutionRecord) -> tuple:
+    return (
+        record.execution_id,
+        record.status.value,
+        record.target,
+        record.submitted_at,
+        record.model_dump_json(),
+    )

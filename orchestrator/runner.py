@@ -1,0 +1,65 @@
+"""A loaded task with its schemas enforced: what a replica and `task test` call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from orchestrator.errors import ValidationError
+from orchestrator.models import TaskRecord
+from orchestrator.objects import ObjectStore
+from orchestrator.packages import fetch, load_task
+from orchestrator.sdk import TaskBase
+
+
+class TaskRunner:
+    """Validates input, runs the task, validates output. Thread-safe if the task is."""
+
+    def __init__(self, record: TaskRecord, task: TaskBase):
+        self.record = record
+        self.task = task
+        spec = record.spec
+        self._input = _validator(spec.get("input_schema"))
+        self._output = _validator(spec.get("output_schema"))
+
+    @classmethod
+    def load(cls, record: TaskRecord, objects: ObjectStore, cache: Path) -> TaskRunner:
+        """Fetch, verify and import a registered package."""
+        return cls(record, load_task(record, fetch(record, objects, cache)))
+
+    @property
+    def load_count(self) -> int:
+        return self.task.load_count
+
+    def __call__(self, input_data: Any) -> dict[str, Any]:
+        check(self._input, input_data, f"{self.record.task_id} input")
+        output = self.task.run(input_data)
+        check(self._output, output, f"{self.record.task_id} output")
+        return output
+
+
+def _validator(schema: dict | None) -> jsonschema.protocols.Validator | None:
+    if not schema:
+        return None
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def check(validator, document: Any, what: str) -> None:
+    """Raise ValidationError naming the first offending field, if any."""
+    if validator is None:
+        return
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if error is None:
+        return
+    where = "/".join(str(p) for p in error.absolute_path)
+    field = f" field {where!r}" if where else ""
+    raise ValidationError(f"{what}{field}: {error.message}")
+
+
+def validate_input(schema: dict | None, document: Any, what: str) -> None:
+    """Check a document against a JSON Schema before anything is queued."""
+    check(_validator(schema), document, what)

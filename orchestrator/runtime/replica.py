@@ -1,0 +1,158 @@
+"""A replica: one named detached Ray actor that loaded its task once.
+
+The replica never raises into Ray: every call returns an :class:`Outcome`,
+so the dispatcher sees the task's own error type and whether it is
+retryable, without unpickling user exception classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from orchestrator.models import TaskRecord, WorkerRecord
+from orchestrator.objects import open_objects
+from orchestrator.policy import classify
+from orchestrator.records import open_records
+from orchestrator.runner import TaskRunner
+from orchestrator.settings import Settings
+
+HEARTBEAT_S = 5.0
+
+
+@dataclass
+class Outcome:
+    """What one call produced: a result or an error, and where it ran."""
+
+    ok: bool
+    worker_id: str
+    node: str
+    started_at: float
+    finished_at: float
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    retryable: bool = False
+    broken: bool = False  # the replica could not load its task
+    memory: int | None = None
+
+
+@dataclass
+class _Stats:
+    in_flight: int = 0
+    processed: int = 0
+    failed: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class Replica:
+    """Holds one task version loaded; serves ``call`` until killed."""
+
+    def __init__(self, settings: Settings, record: TaskRecord, worker_id: str):
+        self.worker_id = worker_id
+        self.record = record
+        self.node = socket.gethostname()
+        self.started_at = time.time()
+        self._records = open_records(settings)
+        self._stats = _Stats()
+        self._lock = threading.Lock()
+        self._beat("loading")
+        self.runner: TaskRunner | None = None
+        self.load_error: Exception | None = None
+        cache = settings.home / "cache" / "packages"
+        try:
+            self.runner = TaskRunner.load(record, open_objects(settings), cache)
+            self.runner.task.ensure_ready()  # the model loads here, once
+        except Exception as e:  # noqa: BLE001 - reported on every call instead
+            self.load_error = e
+        self._beat("broken" if self.load_error else "idle")
+        threading.Thread(target=self._heartbeat_loop, daemon=True).start()
+
+    def call(self, input_data: Any) -> Outcome:
+        """Run the task on one input."""
+        started = time.time()
+        if self.runner is None:
+            e = self.load_error
+            return Outcome(
+                False,
+                self.worker_id,
+                self.node,
+                started,
+                time.time(),
+                error_type=type(e).__name__,
+                error_message=str(e),
+                broken=True,
+            )
+        with self._lock:
+            self._stats.in_flight += 1
+        try:
+            result = self.runner(input_data)
+            outcome = Outcome(True, self.worker_id, self.node, started, time.time(), result)
+            outcome.memory = psutil.Process().memory_info().rss
+        except BaseException as e:  # noqa: BLE001 - reported, never raised into Ray
+            outcome = Outcome(
+                False,
+                self.worker_id,
+                self.node,
+                started,
+                time.time(),
+                error_type=type(e).__name__,
+                error_message=str(e),
+                retryable=classify(e),
+            )
+        with self._lock:
+            self._stats.in_flight -= 1
+            self._stats.processed += 1
+            self._stats.failed += 0 if outcome.ok else 1
+            self._stats.latencies = [*self._stats.latencies[-999:], outcome.finished_at - started]
+        return outcome
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for `wtm worker status` and tests: loads, processed, ..."""
+        return self._worker_record().model_dump()
+
+    def ping(self) -> str:
+        return self.worker_id
+
+    def _worker_record(self, state: str | None = None) -> WorkerRecord:
+        with self._lock:
+            s = self._stats
+            lat = s.latencies
+            return WorkerRecord(
+                worker_id=self.worker_id,
+                task_id=self.record.task_id,
+                version=self.record.version,
+                node=self.node,
+                pid=os.getpid(),
+                state=state or self._state(),
+                in_flight=s.in_flight,
+                processed=s.processed,
+                failed=s.failed,
+                loads=self.runner.load_count if getattr(self, "runner", None) else 0,
+                mean_latency=sum(lat) / len(lat) if lat else None,
+                memory=psutil.Process().memory_info().rss,
+                started_at=self.started_at,
+                heartbeat_at=time.time(),
+            )
+
+    def _state(self) -> str:
+        if self.load_error is not None:
+            return "broken"
+        return "busy" if self._stats.in_flight else "idle"
+
+    def _beat(self, state: str | None = None) -> None:
+        # A missed heartbeat must never kill the replica.
+        with contextlib.suppress(Exception):
+            self._records.put_worker(self._worker_record(state))
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_S)
+            self._beat()

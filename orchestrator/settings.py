@@ -1,0 +1,207 @@
+"""Typed settings: one object built at the edge (CLI, SDK) and passed down.
+
+Sources, strongest first: keyword arguments, ``WTM_*`` environment variables
+(nested groups with ``__``: ``WTM_REDIS__URL``), a ``config.json`` in the
+seed's format, then the embedded defaults. No other module reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from orchestrator.errors import ConfigError
+
+
+class RedisSettings(BaseModel):
+    """Where the queues live; ``url=None`` means the embedded redis-server."""
+
+    url: str | None = None
+
+
+class RecordsSettings(BaseModel):
+    """The system of record; ``uri=None`` means a SQLite file under the home."""
+
+    uri: str | None = None
+    database: str = "ai_worker"
+
+
+class ObjectsSettings(BaseModel):
+    """The object store; ``endpoint=None`` means a folder under the home."""
+
+    endpoint: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    secure: bool = False
+    region: str | None = None
+
+
+class RaySettings(BaseModel):
+    """The Ray cluster; ``address=None`` means the embedded local head."""
+
+    address: str | None = None
+    namespace: str = "wtm"
+    num_cpus: int | None = None
+
+
+class DispatcherSettings(BaseModel):
+    """How dispatchers read the streams and how many jobs each runs at once."""
+
+    count: int = 1
+    concurrency: int = 256
+    block_ms: int = 1000
+    claim_idle_ms: int = 300_000
+    max_deliveries: int = 5
+    queues: list[str] = Field(default_factory=list)  # empty: every known queue
+
+
+class WorkerSettings(BaseModel):
+    """The seed's ``worker`` section: defaults for replicas."""
+
+    worker_id: str = "worker_001"
+    max_concurrent_tasks: int = 1
+    active_tasks: list[str] = Field(default_factory=list)
+    task_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, grouped by the system it configures."""
+
+    model_config = SettingsConfigDict(env_prefix="WTM_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Path("~/.wtm")
+    config: Path | None = None
+    log_level: str = "INFO"
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    records: RecordsSettings = Field(default_factory=RecordsSettings)
+    objects: ObjectsSettings = Field(default_factory=ObjectsSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, SeedConfigSource(settings_cls))
+
+    def model_post_init(self, __context: Any) -> None:
+        self.home = self.home.expanduser().resolve()
+
+    @property
+    def embedded(self) -> bool:
+        """True when any part runs on the embedded stack."""
+        return self.redis.url is None or self.ray.address is None
+
+
+class SeedConfigSource(PydanticBaseSettingsSource):
+    """Reads the seed's ``config.json`` (database, minio, redis, worker, logging).
+
+    The file is ``WTM_CONFIG`` if set, else ``config.json`` in the home folder.
+    """
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _config_path()
+        if path is None:
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return translate_seed_config(data, source=str(path))
+
+
+def _config_path() -> Path | None:
+    explicit = os.environ.get("WTM_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"WTM_CONFIG={explicit}: no such file")
+        return path
+    home = Path(os.environ.get("WTM_HOME", "~/.wtm")).expanduser()
+    candidate = home / "config.json"
+    return candidate if candidate.is_file() else None
+
+
+def translate_seed_config(data: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """Map the seed's config sections onto our settings groups."""
+    known = {"database", "minio", "redis", "worker", "logging", "ray", "dispatcher", "home"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section {unknown[0]!r}")
+    out: dict[str, Any] = {}
+    if "redis" in data:
+        out["redis"] = {"url": _redis_url(data["redis"])}
+    if "database" in data:
+        out["records"] = _records(data["database"])
+    if "minio" in data:
+        m = data["minio"]
+        out["objects"] = {
+            "endpoint": m.get("endpoint"),
+            "access_key": m.get("access_key"),
+            "secret_key": m.get("secret_key"),
+            "secure": m.get("secure", False),
+        }
+    if "worker" in data:
+        out["worker"] = data["worker"]
+    if "logging" in data and "level" in data["logging"]:
+        out["log_level"] = data["logging"]["level"]
+    for key in ("ray", "dispatcher", "home"):
+        if key in data:
+            out[key] = data[key]
+    return out
+
+
+def _redis_url(r: dict[str, Any]) -> str:
+    if "url" in r:
+        return r["url"]
+    auth = f":{quote(str(r['password']), safe='')}@" if r.get("password") else ""
+    return f"redis://{auth}{r.get('host', 'localhost')}:{r.get('port', 6379)}/{r.get('db', 0)}"
+
+
+def _records(d: dict[str, Any]) -> dict[str, Any]:
+    if d.get("type", "mongodb") == "sqlite":
+        return {"uri": d.get("path"), "database": d.get("database", "ai_worker")}
+    if "uri" in d:
+        return {"uri": d["uri"], "database": d.get("database", "ai_worker")}
+    auth = ""
+    if d.get("username"):
+        auth = f"{quote(d['username'], safe='')}:{quote(str(d.get('password', '')), safe='')}@"
+    query = f"?authSource={d['auth_source']}" if d.get("auth_source") else ""
+    uri = f"mongodb://{auth}{d.get('host', 'localhost')}:{d.get('port', 27017)}/{query}"
+    return {"uri": uri, "database": d.get("database", "ai_worker")}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from overrides, the environment and config.json."""
+    try:
+        return Settings(**overrides)
+    except ConfigError:
+        raise
+    except Exception as e:  # pydantic's ValidationError: name the field
+        raise ConfigError(f"invalid settings: {_first_error(e)}") from e
+
+
+def _first_error(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(e)

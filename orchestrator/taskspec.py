@@ -1,0 +1,100 @@
+"""The ``task.json`` model: the seed's fields plus resources, replicas and batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.errors import SpecError
+
+_STRICT = ConfigDict(extra="forbid")
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Resources(BaseModel):
+    """What one replica asks Ray for; placement follows it."""
+
+    model_config = _STRICT
+    num_cpus: float | None = Field(default=None, ge=0)
+    num_gpus: float | None = Field(default=None, ge=0)
+    memory: int | None = Field(default=None, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict)
+
+
+class Replicas(BaseModel):
+    """How many replicas a task may have, and how many calls each takes at once."""
+
+    model_config = _STRICT
+    min: int = Field(default=0, ge=0)
+    max: int = Field(default=1, ge=1)
+    max_concurrency: int = Field(default=1, ge=1)
+
+
+class Batch(BaseModel):
+    """Dynamic batching for tasks that define ``process_batch``."""
+
+    model_config = _STRICT
+    max_size: int = Field(default=8, ge=1)
+    wait_ms: float = Field(default=10, ge=0)
+
+
+class TaskSpec(BaseModel):
+    """One task package's metadata, as written in its task.json."""
+
+    model_config = _STRICT
+    task_id: str = Field(pattern=ID_PATTERN)
+    name: str
+    version: str = Field(pattern=ID_PATTERN)
+    entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
+    description: str = ""
+    author: str = ""
+    category: str = "general"
+    requirements: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    queue: str = Field(default="default", pattern=ID_PATTERN)
+    priority: int = Field(default=5, ge=1, le=10)
+    timeout: float = Field(default=300, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    output_schema: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    replicas: Replicas = Field(default_factory=Replicas)
+    batch: Batch | None = None
+    runtime_env: dict[str, Any] | None = None
+
+
+def parse_spec(data: Any, source: str) -> TaskSpec:
+    """Validate a task.json document; errors name the file and the field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a JSON object")
+    try:
+        return TaskSpec.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise SpecError(f"{source}: {describe(e)}") from e
+
+
+def load_spec(folder: Path) -> TaskSpec:
+    """Read and validate ``folder/task.json``."""
+    path = folder / "task.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise SpecError(f"{path}: no task.json in {folder}") from e
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}") from e
+    return parse_spec(data, str(path))
+
+
+def describe(e: pydantic.ValidationError) -> str:
+    """The first error of a pydantic validation, as one line naming the field."""
+    first = e.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "document"
+    if first["type"] == "extra_forbidden":
+        return f"unknown field {field!r}"
+    if first["type"] == "missing":
+        return f"missing required field {field!r}"
+    return f"field {field!r}: {first['msg']}"
