@@ -2,9 +2,9 @@
 
 INPUT is JSON text, ``@file.json``, or a bare string (the seed's
 ``'"test.jpg"'``). A bare string given to a task whose schema requires one
-field becomes that field. Path fields (``*_path``) relative to the caller's
-working directory are made absolute and must exist, so the replica reads the
-file the caller meant, wherever it runs.
+field (or whose first ``anyOf`` alternative does) becomes that field. Path
+fields (``*_path``) relative to the caller's working directory are made
+absolute and must exist, so the replica reads the file the caller meant.
 """
 
 from __future__ import annotations
@@ -47,10 +47,24 @@ def shape_input(value: Any, schema: dict[str, Any] | None) -> Any:
     """Wrap a bare value as the single required field of an object schema."""
     if isinstance(value, dict) or not schema or schema.get("type") != "object":
         return value
+    field = _primary_field(schema)
+    if field is None:
+        raise InputError(f"input must be a JSON object, got {type(value).__name__}")
+    return {field: value}
+
+
+def _primary_field(schema: dict[str, Any]) -> str | None:
+    """The one field a schema requires, or the first alternative's (anyOf/oneOf)."""
     required = schema.get("required") or []
     if len(required) == 1:
-        return {required[0]: value}
-    raise InputError(f"input must be a JSON object, got {type(value).__name__}")
+        return required[0]
+    if required:
+        return None
+    for key in ("anyOf", "oneOf"):
+        alternatives = schema.get(key) or []
+        if alternatives and len(alternatives[0].get("required") or []) == 1:
+            return alternatives[0]["required"][0]
+    return None
 
 
 def is_path_field(name: str) -> bool:

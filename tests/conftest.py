@@ -1,0 +1,83 @@
+"""Session fixtures: one real embedded stack (redis-server, Ray head, dispatcher).
+
+Starting Ray costs seconds, so the whole session shares one stack in a
+temporary WTM_HOME; tests isolate themselves by using their own task ids.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator import Client, stack
+from orchestrator.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "data" / "images"
+TASK_PKGS = ROOT / "task_pkgs"
+
+
+@pytest.fixture(scope="session")
+def wtm_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("wtm")
+
+
+@pytest.fixture(scope="session")
+def stack_settings(wtm_home) -> Settings:
+    """Resolved settings of a running embedded stack, stopped after the session."""
+    settings = Settings(home=wtm_home)
+    stack.up(settings)
+    try:
+        yield stack.resolve(settings)
+    finally:
+        stack.down(settings)
+
+
+@pytest.fixture(scope="session")
+def client(stack_settings) -> Client:
+    c = Client(stack_settings)
+    c.register_task(TASK_PKGS / "face_detection")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def ray_connected(stack_settings):
+    """This process as a Ray driver of the session's cluster."""
+    import ray
+
+    stack.connect_ray(stack_settings)
+    yield ray
+
+
+@pytest.fixture
+def cli_env(monkeypatch, wtm_home, stack_settings):
+    """Point the CLI (which builds its own settings) at the session's stack."""
+    monkeypatch.setenv("WTM_HOME", str(wtm_home))
+    for var in ("WTM_REDIS__URL", "WTM_RAY__ADDRESS", "WTM_RECORDS__URI", "WTM_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    return wtm_home
+
+
+def make_task(folder: Path, task_id: str, body: str, **spec) -> Path:
+    """Write a task package whose Task.process has the given body."""
+    folder = folder / task_id
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "task_id": task_id,
+        "name": task_id,
+        "version": "1.0.0",
+        "entry_point": "task.Task",
+        "timeout": 30,
+        "max_retries": 0,
+        **spec,
+    }
+    (folder / "task.json").write_text(json.dumps(doc))
+    code = "from orchestrator import FatalError, RetryableError, SimpleTask\n\n\n"
+    code += "class Task(SimpleTask):\n    calls = 0\n\n    def process(self, input_data):\n"
+    code += textwrap.indent(textwrap.dedent(body).strip() + "\n", " " * 8)
+    (folder / "task.py").write_text(code)
+    return folder
