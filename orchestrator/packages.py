@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 import time
 import types
+import zlib
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -157,9 +158,12 @@ def extract(data: bytes, dest: Path, limits: Limits = Limits()) -> None:
     except tarfile.TarError as e:
         raise PackageError(f"not a readable archive: {e}") from e
     with tar:
-        members = tar.getmembers()
-        _check_members(members, limits)
-        tar.extractall(dest, filter="data")
+        try:
+            members = tar.getmembers()
+            _check_members(members, limits)
+            tar.extractall(dest, filter="data")
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            raise PackageError(f"archive is corrupt or truncated: {e}") from e
 
 
 def _check_members(members: list[tarfile.TarInfo], limits: Limits) -> None:

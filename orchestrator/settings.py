@@ -95,7 +95,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, SeedConfigSource(settings_cls))
+        kwargs = getattr(init_settings, "init_kwargs", {})
+        return (init_settings, env_settings, SeedConfigSource(settings_cls, kwargs))
 
     def model_post_init(self, __context: Any) -> None:
         self.home = self.home.expanduser().resolve()
@@ -112,11 +113,15 @@ class SeedConfigSource(PydanticBaseSettingsSource):
     The file is ``WTM_CONFIG`` if set, else ``config.json`` in the home folder.
     """
 
+    def __init__(self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any]):
+        super().__init__(settings_cls)
+        self.init_kwargs = init_kwargs
+
     def get_field_value(self, field, field_name):  # pragma: no cover - unused
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = _config_path()
+        path = _config_path(self.init_kwargs.get("config"), self.init_kwargs.get("home"))
         if path is None:
             return {}
         try:
@@ -128,14 +133,15 @@ class SeedConfigSource(PydanticBaseSettingsSource):
         return translate_seed_config(data, source=str(path))
 
 
-def _config_path() -> Path | None:
-    explicit = os.environ.get("WTM_CONFIG")
+def _config_path(config: Any = None, home: Any = None) -> Path | None:
+    """An explicit config (argument, then WTM_CONFIG), else the home's config.json."""
+    explicit = config or os.environ.get("WTM_CONFIG")
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise ConfigError(f"WTM_CONFIG={explicit}: no such file")
+            raise ConfigError(f"config file {explicit}: no such file")
         return path
-    home = Path(os.environ.get("WTM_HOME", "~/.wtm")).expanduser()
+    home = Path(home or os.environ.get("WTM_HOME", "~/.wtm")).expanduser()
     candidate = home / "config.json"
     return candidate if candidate.is_file() else None
 

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from orchestrator.errors import InputError, NotFoundError
+from orchestrator.errors import ConflictError, InputError, NotFoundError
 
 
 class LocalObjectStore:
@@ -23,7 +23,12 @@ class LocalObjectStore:
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
         path = self._path(bucket, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise ConflictError(f"object key {key!r} nests under an existing object") from e
+        if path.is_dir():
+            raise ConflictError(f"object key {key!r} is a prefix of other objects")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -38,14 +43,16 @@ class LocalObjectStore:
     def get(self, bucket: str, key: str) -> bytes:
         try:
             return self._path(bucket, key).read_bytes()
-        except FileNotFoundError as e:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
             raise NotFoundError(f"no object {bucket}/{key}") from e
 
     def exists(self, bucket: str, key: str) -> bool:
         return self._path(bucket, key).is_file()
 
     def delete(self, bucket: str, key: str) -> None:
-        self._path(bucket, key).unlink(missing_ok=True)
+        path = self._path(bucket, key)
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
     def list(self, bucket: str, prefix: str = "") -> list[str]:
         base = self.root / bucket

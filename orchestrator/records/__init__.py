@@ -27,7 +27,7 @@ class RecordStore(Protocol):
         """Delete one version, or all of them; returns how many were deleted."""
 
     def insert_execution(self, record: ExecutionRecord) -> None:
-        """Insert a new execution; fails if its id exists."""
+        """Insert a new execution; ConflictError if its id exists."""
 
     def save_execution(self, record: ExecutionRecord) -> None:
         """Replace an execution record as a whole."""

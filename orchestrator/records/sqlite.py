@@ -10,6 +10,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from orchestrator.errors import ConflictError
 from orchestrator.models import ExecutionRecord, ExecutionStatus, TaskRecord, WorkerRecord
 
 _SCHEMA = """
@@ -88,7 +89,10 @@ class SqliteRecordStore:
 
     # executions --------------------------------------------------------------
     def insert_execution(self, record: ExecutionRecord) -> None:
-        self._conn().execute("INSERT INTO executions VALUES (?, ?, ?, ?, ?)", _row(record))
+        try:
+            self._conn().execute("INSERT INTO executions VALUES (?, ?, ?, ?, ?)", _row(record))
+        except sqlite3.IntegrityError as e:
+            raise ConflictError(f"execution {record.execution_id} exists") from e
 
     def save_execution(self, record: ExecutionRecord) -> None:
         self._conn().execute(
