@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cli.common import console, print_json, render_result, size, state, when
+from orchestrator import templates
 from orchestrator.inputs import parse_input
 
 app = typer.Typer(help="Register, inspect and test task packages.", no_args_is_help=True)
@@ -128,3 +129,26 @@ def test(
     """Run a registered task in this process, without the cluster."""
     result = state(ctx).client.test_task(task_id, parse_input(input_text), version=version)
     print_json(result) if as_json else render_result(result, title=task_id)
+
+
+@app.command()
+def create(
+    name: str,
+    template: str = typer.Option("simple", help="simple, ml or vision."),
+    author: str = typer.Option("unknown", help="Written into task.json."),
+    directory: Path = typer.Option(Path("task_pkgs"), "--dir", help="Parent folder."),
+) -> None:
+    """Write a new task package (task.py, task.json, README, a test)."""
+    folder = templates.create(name, template, author, directory)
+    console.print(f"created {folder}: edit task.py, then `wtm task register {folder}`")
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    task_id: str,
+    version: str | None = typer.Option(None, help="Only this version (default: all)."),
+) -> None:
+    """Remove a task (or one version) from the records and the object store."""
+    removed = state(ctx).client.delete_task(task_id, version)
+    console.print(f"deleted {task_id}: {', '.join(r.version for r in removed)}")

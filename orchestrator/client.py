@@ -64,6 +64,10 @@ class Client:
     def task(self, task_id: str, version: str | None = None) -> TaskRecord:
         return packages.resolve(self.records, task_id, version)
 
+    def delete_task(self, task_id: str, version: str | None = None) -> list[TaskRecord]:
+        """Delete a task (or one version): its records first, then its archives."""
+        return packages.delete(self.records, self.objects, task_id, version)
+
     def test_task(
         self, task_id: str, input_data: Any, version: str | None = None, cwd: Path | None = None
     ) -> dict[str, Any]:

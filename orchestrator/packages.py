@@ -124,6 +124,22 @@ def resolve(records: RecordStore, task_id: str, version: str | None = None) -> T
     return record
 
 
+def delete(
+    records: RecordStore, objects: ObjectStore, task_id: str, version: str | None = None
+) -> list[TaskRecord]:
+    """Remove versions from the records, then their archives; returns what went."""
+    if version is not None:
+        doomed = [resolve(records, task_id, version)]
+    else:
+        doomed = [r for r in records.list_tasks() if r.task_id == task_id]
+    if not doomed:
+        raise NotFoundError(f"unknown task {task_id!r}; see `wtm task list`")
+    for record in doomed:
+        records.delete_task(record.task_id, record.version)
+        objects.delete(keys.TASKS_BUCKET, record.object_key)
+    return doomed
+
+
 def fetch(record: TaskRecord, objects: ObjectStore, cache: Path, limits: Limits = Limits()) -> Path:
     """Download, verify and safely extract a package; returns its folder.
 

@@ -1,0 +1,186 @@
+"""MongoDB record store: the production system of record.
+
+Each record is one document, its pydantic JSON dump plus an ``_id`` (and a
+``target`` on executions), so the documents never lag behind the models.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pymongo
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
+
+from orchestrator import keys
+from orchestrator.errors import ConflictError, StackError
+from orchestrator.models import ExecutionRecord, ExecutionStatus, TaskRecord, WorkerRecord
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# (collection, index keys) created once per store, on first use.
+_INDEXES: tuple[tuple[str, list[tuple[str, int]]], ...] = (
+    (keys.EXECUTIONS, [("status", 1), ("submitted_at", -1)]),
+    (keys.EXECUTIONS, [("target", 1), ("submitted_at", -1)]),
+    (keys.EXECUTIONS, [("submitted_at", -1)]),
+    (keys.TASKS, [("task_id", 1), ("registered_at", -1)]),
+    (keys.WORKERS, [("heartbeat_at", 1)]),
+)
+
+
+def _reachable(method: F) -> F:
+    """Turn a lost or unreachable server into a one-line StackError."""
+
+    @functools.wraps(method)
+    def wrapper(self: MongoRecordStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ConnectionFailure as e:
+            raise StackError(f"cannot reach MongoDB at {self.where}: {type(e).__name__}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+class MongoRecordStore:
+    """Record store in one MongoDB database; one collection per record kind.
+
+    Atomicity: every write touches one document (``replace_one``, ``insert_one``,
+    ``delete_one``), so readers see a record whole, before or after. The one
+    exception is ``delete_task`` without a version, a ``delete_many`` that is
+    atomic per version, not across them. ``insert_execution`` relies on the
+    unique ``_id``: of two concurrent inserts of one id exactly one wins.
+    """
+
+    def __init__(self, client: Any, database: str, where: str = "mongodb"):
+        """Use ``client[database]``; ``where`` names the server in error messages."""
+        self._client = client
+        self._db = client[database]
+        self.where = where
+        self._indexed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_uri(cls, uri: str, database: str = "ai_worker") -> MongoRecordStore:
+        """A store for a ``mongodb://`` URI, or an in-memory ``mongomock://`` one for tests.
+
+        Nothing connects until the first call; each ``mongomock://`` store is its own
+        empty server.
+        """
+        if uri.startswith("mongomock://"):
+            import mongomock  # a test dependency only
+
+            client: Any = mongomock.MongoClient()
+        else:
+            client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+        return cls(client, database, where=re.sub(r"//[^@/]*@", "//***@", uri))
+
+    def _coll(self, name: str) -> Any:
+        if not self._indexed:
+            with self._lock:
+                if not self._indexed:  # another thread may have won the lock first
+                    for collection, index in _INDEXES:
+                        self._db[collection].create_index(index)
+                    self._indexed = True
+        return self._db[name]
+
+    # tasks -----------------------------------------------------------------
+    @_reachable
+    def put_task(self, record: TaskRecord) -> None:
+        doc = _doc(record, f"{record.task_id}@{record.version}")
+        self._coll(keys.TASKS).replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    @_reachable
+    def get_task(self, task_id: str, version: str | None = None) -> TaskRecord | None:
+        tasks = self._coll(keys.TASKS)
+        if version is None:
+            doc = tasks.find_one({"task_id": task_id}, sort=[("registered_at", -1)])
+        else:
+            doc = tasks.find_one({"_id": f"{task_id}@{version}"})
+        return _load(TaskRecord, doc)
+
+    @_reachable
+    def list_tasks(self) -> list[TaskRecord]:
+        docs = self._coll(keys.TASKS).find().sort([("task_id", 1), ("registered_at", 1)])
+        return [_load(TaskRecord, d) for d in docs]
+
+    @_reachable
+    def delete_task(self, task_id: str, version: str | None = None) -> int:
+        tasks = self._coll(keys.TASKS)
+        if version is None:
+            return tasks.delete_many({"task_id": task_id}).deleted_count
+        return tasks.delete_one({"_id": f"{task_id}@{version}"}).deleted_count
+
+    # executions --------------------------------------------------------------
+    @_reachable
+    def insert_execution(self, record: ExecutionRecord) -> None:
+        try:
+            self._coll(keys.EXECUTIONS).insert_one(_execution_doc(record))
+        except DuplicateKeyError as e:
+            raise ConflictError(f"execution {record.execution_id} exists") from e
+
+    @_reachable
+    def save_execution(self, record: ExecutionRecord) -> None:
+        doc = _execution_doc(record)
+        self._coll(keys.EXECUTIONS).replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    @_reachable
+    def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        return _load(ExecutionRecord, self._coll(keys.EXECUTIONS).find_one({"_id": execution_id}))
+
+    @_reachable
+    def list_executions(
+        self, status: ExecutionStatus | None = None, limit: int = 50, target: str | None = None
+    ) -> list[ExecutionRecord]:
+        if limit == 0:  # MongoDB reads a zero limit as "no limit"; SQLite as none
+            return []
+        query: dict[str, Any] = {}
+        if status is not None:
+            query["status"] = ExecutionStatus(status).value
+        if target is not None:
+            query["target"] = target
+        cursor = self._coll(keys.EXECUTIONS).find(query).sort(
+            [("submitted_at", -1), ("execution_id", -1)]
+        )
+        if limit > 0:  # a negative limit means all, as in SQLite
+            cursor = cursor.limit(limit)
+        return [_load(ExecutionRecord, d) for d in cursor]
+
+    # workers -----------------------------------------------------------------
+    @_reachable
+    def put_worker(self, record: WorkerRecord) -> None:
+        doc = _doc(record, record.worker_id)
+        self._coll(keys.WORKERS).replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    @_reachable
+    def list_workers(self) -> list[WorkerRecord]:
+        return [_load(WorkerRecord, d) for d in self._coll(keys.WORKERS).find().sort("_id", 1)]
+
+    @_reachable
+    def delete_worker(self, worker_id: str) -> None:
+        self._coll(keys.WORKERS).delete_one({"_id": worker_id})
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _doc(record: Any, _id: str) -> dict[str, Any]:
+    return {**record.model_dump(mode="json"), "_id": _id}
+
+
+def _execution_doc(record: ExecutionRecord) -> dict[str, Any]:
+    return {**_doc(record, record.execution_id), "target": record.target}
+
+
+_M = TypeVar("_M", TaskRecord, ExecutionRecord, WorkerRecord)
+
+
+def _load(model: type[_M], doc: dict[str, Any] | None) -> _M | None:
+    if doc is None:
+        return None
+    doc.pop("_id", None)
+    if model is ExecutionRecord:
+        doc.pop("target", None)
+    return model.model_validate(doc)
