@@ -14,11 +14,15 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from orchestrator.errors import ValidationError
+from orchestrator.errors import NotFoundError, ValidationError
+from orchestrator.objects import ObjectStore
 
 
-def load_image(source: Any) -> np.ndarray:
-    """A BGR uint8 image (OpenCV's layout) from a path, URI, bytes or array."""
+def load_image(source: Any, objects: ObjectStore | None = None) -> np.ndarray:
+    """A BGR uint8 image (OpenCV's layout) from a path, URI, bytes or array.
+
+    ``s3://bucket/key`` URIs are read from ``objects`` (the task's object store).
+    """
     if isinstance(source, np.ndarray):
         return source
     if isinstance(source, bytes | bytearray | memoryview):
@@ -28,19 +32,31 @@ def load_image(source: Any) -> np.ndarray:
     if isinstance(source, str):
         if source.startswith("file://"):
             return _read(Path(unquote(urlparse(source).path)))
+        if source.startswith("s3://"):
+            return _decode(_from_store(source, objects), source)
         if source.startswith("data:"):
             return _decode(_b64(source.split(",", 1)[-1]), "data URI")
         return _read(Path(source))
     raise ValidationError(f"cannot load an image from a {type(source).__name__}")
 
 
-def image_from_input(input_data: dict[str, Any]) -> np.ndarray:
+def image_from_input(input_data: dict[str, Any], objects: ObjectStore | None = None) -> np.ndarray:
     """The image named by ``image_path`` or carried in ``image_data`` (base64)."""
     if input_data.get("image_path"):
-        return load_image(input_data["image_path"])
+        return load_image(input_data["image_path"], objects)
     if input_data.get("image_data"):
         return _decode(_b64(str(input_data["image_data"])), "image_data")
     raise ValidationError("input needs 'image_path' or 'image_data'")
+
+
+def _from_store(uri: str, objects: ObjectStore | None) -> bytes:
+    if objects is None:
+        raise ValidationError(f"{uri}: no object store to read it from")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        return objects.get(bucket, key)
+    except NotFoundError as e:
+        raise ValidationError(f"image {uri!r} does not exist") from e
 
 
 def _read(path: Path) -> np.ndarray:

@@ -27,7 +27,9 @@ class TaskRunner:
     @classmethod
     def load(cls, record: TaskRecord, objects: ObjectStore, cache: Path) -> TaskRunner:
         """Fetch, verify and import a registered package."""
-        return cls(record, load_task(record, fetch(record, objects, cache)))
+        task = load_task(record, fetch(record, objects, cache))
+        task.objects = objects
+        return cls(record, task)
 
     @property
     def load_count(self) -> int:

@@ -25,6 +25,7 @@ class TaskBase(ABC):
         self.config: dict[str, Any] = dict(config or {})
         self.metadata: dict[str, Any] = {}
         self.logger = logging.getLogger(f"wtm.task.{type(self).__module__}")
+        self.objects: Any = None  # the object store, set by the loader
         self.load_count = 0
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -38,6 +39,21 @@ class TaskBase(ABC):
     @abstractmethod
     def process(self, input_data: dict[str, Any]) -> dict[str, Any]:
         """Turn one input document into one output document."""
+
+    def process_batch(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Process many inputs at once; override to batch (the runtime groups calls)."""
+        return [self.process(item) for item in inputs]
+
+    @property
+    def batches(self) -> bool:
+        """Whether this task overrides ``process_batch``."""
+        return type(self).process_batch is not TaskBase.process_batch
+
+    def load_image(self, source: Any):
+        """An image from a path, ``s3://`` URI, bytes, base64 or array (BGR array)."""
+        from orchestrator.images import load_image
+
+        return load_image(source, self.objects)
 
     def ensure_ready(self) -> None:
         """Run ``setup`` exactly once, even under concurrent first calls."""

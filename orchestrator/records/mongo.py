@@ -141,8 +141,10 @@ class MongoRecordStore:
             query["status"] = ExecutionStatus(status).value
         if target is not None:
             query["target"] = target
-        cursor = self._coll(keys.EXECUTIONS).find(query).sort(
-            [("submitted_at", -1), ("execution_id", -1)]
+        cursor = (
+            self._coll(keys.EXECUTIONS)
+            .find(query)
+            .sort([("submitted_at", -1), ("execution_id", -1)])
         )
         if limit > 0:  # a negative limit means all, as in SQLite
             cursor = cursor.limit(limit)
