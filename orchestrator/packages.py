@@ -205,7 +205,8 @@ def _check_members(members: list[tarfile.TarInfo], limits: Limits) -> None:
 
 def check_requirements(spec: TaskSpec) -> None:
     """Fail with the full list of requirements this environment lacks."""
-    if spec.runtime_env:  # the task brings its own environment
+    env = spec.runtime_env or {}
+    if any(k in env for k in ("pip", "uv", "conda")):  # the task brings its own packages
         return
     missing = []
     for line in spec.requirements:
