@@ -81,3 +81,20 @@ def make_task(folder: Path, task_id: str, body: str, **spec) -> Path:
     code += textwrap.indent(textwrap.dedent(body).strip() + "\n", " " * 8)
     (folder / "task.py").write_text(code)
     return folder
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """``host:port`` of an S3-compatible server (moto) shared by the session.
+
+    Tests keep apart by bucket names of their own (MinioObjectStore's bucket_prefix).
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"{host}:{port}"
+    finally:
+        server.stop()

@@ -7,33 +7,41 @@ at the local folder itself are specific to ``LocalObjectStore``.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import InputError, NotFoundError
+from orchestrator.errors import ConfigError, InputError, NotFoundError, StackError
 from orchestrator.objects import ObjectStore
 from orchestrator.objects.local import LocalObjectStore
+from orchestrator.objects.minio import MinioObjectStore
 
 BUCKET = "ai-tasks"
 
 
-def _local(tmp_path: Path) -> ObjectStore:
+def _local(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     return LocalObjectStore(tmp_path / "objects")
 
 
-# One factory per backend: (tmp_path) -> a fresh, empty store.
-# To add MinIO, add "minio": a factory returning a MinioObjectStore against an
-# S3-compatible test server (moto's ThreadedMotoServer) with fresh buckets.
-BACKENDS: dict[str, Callable[[Path], ObjectStore]] = {
+def _minio(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    # The session's S3 server starts only when a MinIO test runs; a fresh
+    # prefix gives each test buckets no other test has touched.
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return MinioObjectStore(endpoint, "key", "secret", bucket_prefix=f"t{uuid.uuid4().hex[:12]}-")
+
+
+# One factory per backend: (request, tmp_path) -> a fresh, empty store.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], ObjectStore]] = {
     "local": _local,
+    "minio": _minio,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def store(request, tmp_path) -> ObjectStore:
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](request, tmp_path)
 
 
 def test_put_then_get_returns_the_same_bytes(store):
@@ -186,3 +194,59 @@ def test_local_uri_is_a_file_uri_of_the_object(tmp_path):
     uri = store.uri(BUCKET, "a/b")
 
     assert uri == (tmp_path / "objects" / BUCKET / "a" / "b").resolve().as_uri()
+
+
+# MinIO only --------------------------------------------------------------------
+def test_minio_uri_names_the_object_as_callers_address_it(s3_endpoint):
+    # The prefix stays inside the store: an s3:// URI parsed back (as images.py
+    # does) addresses the same object through the same store.
+    store = MinioObjectStore(
+        s3_endpoint, "key", "secret", bucket_prefix=f"u{uuid.uuid4().hex[:8]}-"
+    )
+    store.put(BUCKET, "a/b", b"x")
+
+    uri = store.uri(BUCKET, "a/b")
+
+    assert uri == f"s3://{BUCKET}/a/b"
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    assert store.get(bucket, key) == b"x"
+
+
+def test_minio_stores_with_other_prefixes_do_not_see_each_others_objects(s3_endpoint):
+    one = MinioObjectStore(s3_endpoint, "key", "secret", bucket_prefix=f"a{uuid.uuid4().hex[:8]}-")
+    two = MinioObjectStore(s3_endpoint, "key", "secret", bucket_prefix=f"b{uuid.uuid4().hex[:8]}-")
+    one.put(BUCKET, "k", b"one")
+
+    assert two.list(BUCKET) == []
+    assert not two.exists(BUCKET, "k")
+    two.put(BUCKET, "k", b"two")
+    assert one.get(BUCKET, "k") == b"one"
+
+
+def test_minio_put_recreates_a_bucket_removed_behind_its_back(s3_endpoint):
+    store = MinioObjectStore(
+        s3_endpoint, "key", "secret", bucket_prefix=f"r{uuid.uuid4().hex[:8]}-"
+    )
+    store.put(BUCKET, "k", b"x")
+    store.delete(BUCKET, "k")
+    store._client.remove_bucket(store.bucket_prefix + BUCKET)
+
+    store.put(BUCKET, "k", b"again")
+
+    assert store.get(BUCKET, "k") == b"again"
+
+
+def test_minio_unreachable_endpoint_is_a_one_line_stack_error():
+    store = MinioObjectStore("127.0.0.1:1", "key", "secret")  # nothing listens on port 1
+
+    with pytest.raises(StackError, match=r"127\.0\.0\.1:1") as caught:
+        store.get(BUCKET, "k")
+
+    assert "\n" not in str(caught.value)
+
+
+def test_minio_malformed_endpoint_or_prefix_is_a_config_error():
+    with pytest.raises(ConfigError):
+        MinioObjectStore("http://localhost:9000/path")
+    with pytest.raises(ConfigError):
+        MinioObjectStore("localhost:9000", bucket_prefix="Upper_Case")

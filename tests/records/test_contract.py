@@ -6,11 +6,13 @@ ones marked as backend-specific runs against each of them.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from orchestrator import keys
 from orchestrator.errors import ConflictError
 from orchestrator.models import (
     ExecutionRecord,
@@ -20,6 +22,7 @@ from orchestrator.models import (
     new_execution_id,
 )
 from orchestrator.records import RecordStore
+from orchestrator.records.mongo import MongoRecordStore
 from orchestrator.records.sqlite import SqliteRecordStore
 
 
@@ -27,11 +30,15 @@ def _sqlite(tmp_path: Path) -> RecordStore:
     return SqliteRecordStore(tmp_path / "records.db")
 
 
+def _mongo(tmp_path: Path) -> RecordStore:
+    # Each mongomock client is its own server; the unique name guards against sharing anyway.
+    return MongoRecordStore.from_uri("mongomock://localhost", f"test_{uuid.uuid4().hex}")
+
+
 # One factory per backend: (tmp_path) -> a fresh, empty store.
-# To add MongoDB, add "mongo": a factory returning
-# ``MongoRecordStore.from_uri("mongomock://localhost", <unique database name>)``.
 BACKENDS: dict[str, Callable[[Path], RecordStore]] = {
     "sqlite": _sqlite,
+    "mongo": _mongo,
 }
 
 
@@ -239,6 +246,12 @@ def test_list_executions_limit_keeps_the_newest(store):
     assert [r.submitted_at for r in listed] == [1009.0, 1008.0, 1007.0]
 
 
+def test_list_executions_limit_zero_lists_nothing(store):
+    store.insert_execution(execution(1000.0))
+
+    assert store.list_executions(limit=0) == []
+
+
 # workers -----------------------------------------------------------------------
 def test_put_worker_replaces_and_list_orders_by_id(store):
     store.put_worker(worker("w-b"))
@@ -280,3 +293,21 @@ def test_sqlite_data_survives_reopening_the_file(tmp_path):
         assert reopened.list_workers() == [w]
     finally:
         reopened.close()
+
+
+# MongoDB only ------------------------------------------------------------------
+def test_mongo_creates_its_indexes_on_first_use():
+    store = MongoRecordStore.from_uri("mongomock://localhost", f"test_{uuid.uuid4().hex}")
+    try:
+        store.list_workers()
+        executions = store._db[keys.EXECUTIONS].index_information()
+        tasks = store._db[keys.TASKS].index_information()
+    finally:
+        store.close()
+
+    assert {tuple(i["key"]) for i in executions.values()} >= {
+        (("status", 1), ("submitted_at", -1)),
+        (("target", 1), ("submitted_at", -1)),
+        (("submitted_at", -1),),
+    }
+    assert (("task_id", 1), ("registered_at", -1)) in {tuple(i["key"]) for i in tasks.values()}
