@@ -41,6 +41,14 @@ def dispatcher_name(n: int) -> str:
     return f"{PREFIX}:dispatcher#{n}"
 
 
+CONTROLLER = f"{PREFIX}:controller"
+
+
+def set_key(task_id: str, version: str) -> str:
+    """How a replica set (one task version) is named between components."""
+    return f"{task_id}@{version}"
+
+
 def replica_name(task_id: str, version: str, n: int) -> str:
     """Named detached actor of one replica, as the dashboard shows it."""
     return f"{PREFIX}:{task_id}@{version}#{n}"

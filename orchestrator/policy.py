@@ -41,3 +41,30 @@ def classify(exc: BaseException) -> bool:
     # Bad input or a bad package reads the same on every try; unknown errors
     # may be transient, and max_retries bounds them.
     return not isinstance(exc, OrchestratorError)
+
+
+def desired_replicas(
+    *,
+    current: int,
+    demand: int,
+    low: int,
+    high: int,
+    per_replica: int,
+    idle_for: float,
+    idle_timeout: float,
+    pinned: int | None = None,
+) -> int:
+    """How many replicas a set should have.
+
+    ``demand`` is the number of calls waiting for or running on the set. Scale
+    up at once to cover it (within ``low..high``); scale down only after the
+    set has needed fewer replicas for ``idle_timeout`` seconds. ``pinned``
+    (from `wtm worker scale`) overrides everything.
+    """
+    if pinned is not None:
+        return pinned
+    want = -(-demand // per_replica) if demand > 0 else 0
+    want = max(low, min(high, want))
+    if want < current and idle_for < idle_timeout:
+        return current
+    return want

@@ -59,7 +59,16 @@ def check(validator, document: Any, what: str) -> None:
         return
     where = "/".join(str(p) for p in error.absolute_path)
     field = f" field {where!r}" if where else ""
-    raise ValidationError(f"{what}{field}: {error.message}")
+    raise ValidationError(f"{what}{field}: {_message(error)}")
+
+
+def _message(error) -> str:
+    """Schema errors in a user's words: an anyOf of required fields names them."""
+    if error.validator in ("anyOf", "oneOf"):
+        fields = [f for alt in error.validator_value for f in alt.get("required", [])]
+        if fields and all(set(alt) == {"required"} for alt in error.validator_value):
+            return "needs one of " + ", ".join(repr(f) for f in fields)
+    return error.message
 
 
 def validate_input(schema: dict | None, document: Any, what: str) -> None:

@@ -62,6 +62,15 @@ class DispatcherSettings(BaseModel):
     queues: list[str] = Field(default_factory=list)  # empty: every known queue
 
 
+class ControllerSettings(BaseModel):
+    """How the controller scales replica sets."""
+
+    period_s: float = 0.5  # control loop period
+    idle_timeout_s: float = 300.0  # scale an idle set down after this long
+    load_timeout_s: float = 600.0  # a replica must load its task within this
+    heartbeat_s: float = 2.0  # replicas write their worker record this often
+
+
 class WorkerSettings(BaseModel):
     """The seed's ``worker`` section: defaults for replicas."""
 
@@ -84,6 +93,7 @@ class Settings(BaseSettings):
     objects: ObjectsSettings = Field(default_factory=ObjectsSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     @classmethod
@@ -148,7 +158,17 @@ def _config_path(config: Any = None, home: Any = None) -> Path | None:
 
 def translate_seed_config(data: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
     """Map the seed's config sections onto our settings groups."""
-    known = {"database", "minio", "redis", "worker", "logging", "ray", "dispatcher", "home"}
+    known = {
+        "database",
+        "minio",
+        "redis",
+        "worker",
+        "logging",
+        "ray",
+        "dispatcher",
+        "controller",
+        "home",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown section {unknown[0]!r}")
@@ -169,7 +189,7 @@ def translate_seed_config(data: dict[str, Any], source: str = "config.json") -> 
         out["worker"] = data["worker"]
     if "logging" in data and "level" in data["logging"]:
         out["log_level"] = data["logging"]["level"]
-    for key in ("ray", "dispatcher", "home"):
+    for key in ("ray", "dispatcher", "controller", "home"):
         if key in data:
             out[key] = data[key]
     return out
