@@ -33,12 +33,13 @@ from orchestrator.models import (
     Job,
     StepRecord,
     StepStatus,
+    TaskRecord,
 )
 from orchestrator.objects import open_objects
 from orchestrator.policy import compute_backoff, should_retry
 from orchestrator.records import open_records
-from orchestrator.runtime.pool import ReplicaPool
 from orchestrator.runtime.replica import Outcome
+from orchestrator.runtime.router import Router
 from orchestrator.settings import Settings
 from orchestrator.taskspec import TaskSpec
 
@@ -58,7 +59,10 @@ class Dispatcher:
         self.redis = aioredis.from_url(settings.redis.url)
         self.records = open_records(settings)
         self.objects = open_objects(settings)
-        self.pool = ReplicaPool(settings, self.records)
+        self.router = Router(
+            ray.get_actor(keys.CONTROLLER, namespace=settings.ray.namespace), self.consumer
+        )
+        self._task_records: dict[tuple[str, str | None], TaskRecord] = {}
         self._slots = asyncio.Semaphore(self.cfg.concurrency)
         self._streams: list[str] = []
         self._streams_read_at = 0.0
@@ -73,6 +77,7 @@ class Dispatcher:
             self._main = self._background(self._serve())
             self._background(self._maintain())
             self._background(self._heartbeat())
+            self._background(self._report_demand())
             await self._beat()
         return self.consumer
 
@@ -98,6 +103,14 @@ class Dispatcher:
             await asyncio.sleep(HEARTBEAT_S)
             with contextlib.suppress(Exception):
                 await self._beat()
+
+    async def _report_demand(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.controller.period_s)
+            try:
+                await self.router.report()
+            except Exception:
+                log.exception("reporting demand failed")
 
     async def _beat(self) -> None:
         await self.redis.set(
@@ -198,7 +211,7 @@ class Dispatcher:
 
     async def _execute(self, job: Job, record: ExecutionRecord) -> ExecutionRecord:
         try:
-            task = await self.pool.task(job.target, job.version)
+            task = await self._task_record(job.target, job.version)
         except NotFoundError as e:
             return _finish(record, None, ErrorInfo(type="NotFoundError", message=str(e)))
         step = StepRecord(step_id=task.task_id, task_id=task.task_id, version=task.version)
@@ -232,24 +245,37 @@ class Dispatcher:
         step.duration = step.finished_at - step.started_at
         return outcome
 
-    async def _call_once(self, task, spec: TaskSpec, input_data: Any) -> Outcome:
-        """One attempt; a hung replica is killed, a dead one forgotten."""
+    async def _call_once(self, task: TaskRecord, spec: TaskSpec, input_data: Any) -> Outcome:
+        """One attempt on the least-loaded replica; a hung one is killed, a dead one replaced."""
         started = time.time()
-        replica = self.pool.replica(task)
+        try:
+            name, replica = await self.router.acquire(task)
+        except Exception as e:  # noqa: BLE001 - no replica could start (placement, loading)
+            cause = getattr(e, "cause", None) or e
+            return _failure(task.task_id, started, cause, retryable=False)
         try:
             outcome = await asyncio.wait_for(replica.call.remote(input_data), spec.timeout)
         except asyncio.TimeoutError:
-            self.pool.discard(task, kill=True)  # Ray cannot interrupt a running method
+            self.router.failed(task, name, "timeout")  # Ray cannot interrupt a running method
             err = TaskTimeoutError(f"task {task.task_id} exceeded its timeout of {spec.timeout:g}s")
-            return _failure(task, started, err, retryable=True)
+            return _failure(name, started, err, retryable=True)
         except ray.exceptions.RayActorError as e:
-            self.pool.discard(task)
-            return _failure(
-                task, started, e, retryable=True, message="replica died: " + str(e)[:200]
-            )
+            self.router.failed(task, name, "died")
+            return _failure(name, started, e, retryable=True, message=f"replica {name} died")
+        finally:
+            self.router.release(task, name)
         if outcome.broken:
-            self.pool.discard(task, kill=True)
+            self.router.failed(task, name, "could not load its task")
         return outcome
+
+    async def _task_record(self, task_id: str, version: str | None) -> TaskRecord:
+        key = (task_id, version)
+        if key not in self._task_records:
+            record = await asyncio.to_thread(self.records.get_task, task_id, version)
+            if record is None:
+                raise NotFoundError(f"unknown task {task_id!r} version {version}")
+            self._task_records[key] = record
+        return self._task_records[key]
 
     # record and publish --------------------------------------------------------
     def _store_result(self, record: ExecutionRecord) -> None:
@@ -331,12 +357,16 @@ def _finish(record: ExecutionRecord, result: Any, error: ErrorInfo | None) -> Ex
 
 
 def _failure(
-    task, started: float, error: BaseException, *, retryable: bool, message: str | None = None
+    worker: str,
+    started: float,
+    error: BaseException,
+    *,
+    retryable: bool,
+    message: str | None = None,
 ) -> Outcome:
-    name = keys.replica_name(task.task_id, task.version, 0)
     return Outcome(
         False,
-        name,
+        worker,
         "",
         started,
         time.time(),

@@ -131,6 +131,7 @@ class WorkerRecord(BaseModel):
     failed: int = 0
     loads: int = 0
     mean_latency: float | None = None
+    p50_latency: float | None = None
     memory: int | None = None
     started_at: float | None = None
     heartbeat_at: float | None = None

@@ -12,6 +12,7 @@ from orchestrator.models import TaskRecord
 from orchestrator.objects import ObjectStore
 from orchestrator.packages import fetch, load_task
 from orchestrator.sdk import TaskBase
+from orchestrator.taskspec import TaskSpec
 
 
 class TaskRunner:
@@ -35,11 +36,44 @@ class TaskRunner:
     def load_count(self) -> int:
         return self.task.load_count
 
+    @property
+    def spec(self) -> TaskSpec:
+        return TaskSpec.model_validate(self.record.spec)
+
     def __call__(self, input_data: Any) -> dict[str, Any]:
         check(self._input, input_data, f"{self.record.task_id} input")
         output = self.task.run(input_data)
         check(self._output, output, f"{self.record.task_id} output")
         return output
+
+    def run_batch(self, inputs: list[Any]) -> list[Any]:
+        """Validate each input, run the batch once, validate each output.
+
+        An input that fails validation gets its own error back in its slot;
+        the rest of the batch still runs.
+        """
+        results: list[Any] = [None] * len(inputs)
+        valid = []
+        for i, item in enumerate(inputs):
+            try:
+                check(self._input, item, f"{self.record.task_id} input")
+                valid.append(i)
+            except ValidationError as e:
+                results[i] = e
+        self.task.ensure_ready()
+        outputs = self.task.process_batch([inputs[i] for i in valid]) if valid else []
+        if len(outputs) != len(valid):
+            raise ValidationError(
+                f"{self.record.task_id}: process_batch returned {len(outputs)} results "
+                f"for {len(valid)} inputs"
+            )
+        for i, output in zip(valid, outputs, strict=True):
+            try:
+                check(self._output, output, f"{self.record.task_id} output")
+                results[i] = output
+            except ValidationError as e:
+                results[i] = e
+        return results
 
 
 def _validator(schema: dict | None) -> jsonschema.protocols.Validator | None:

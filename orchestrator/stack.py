@@ -127,7 +127,7 @@ def up(settings: Settings, notify: Notify | None = None) -> StackState:
                 say("starting the Ray head (takes a few seconds)")
                 _start_ray(settings, state)
             _write_state(settings, state)
-        say("deploying dispatchers")
+        say("deploying the controller and dispatchers")
         state.dispatchers = _deploy_dispatchers(resolve(settings, state))
         _write_state(settings, state)
         return state
@@ -310,10 +310,12 @@ def connect_ray(settings: Settings) -> None:
 
 
 def _deploy_dispatchers(settings: Settings) -> list[str]:
-    from orchestrator.dispatcher import deploy
+    from orchestrator import dispatcher
+    from orchestrator.runtime import controller
 
     connect_ray(settings)
-    return deploy(settings)
+    controller.deploy(settings)
+    return dispatcher.deploy(settings)
 
 
 def _kill_actors(settings: Settings) -> None:

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+import ray
 
 from orchestrator.models import TaskRecord, WorkerRecord
 from orchestrator.objects import open_objects
 from orchestrator.policy import classify
 from orchestrator.records import open_records
 from orchestrator.runner import TaskRunner
+from orchestrator.runtime.batching import Batcher
 from orchestrator.settings import Settings
-
-HEARTBEAT_S = 5.0
 
 
 @dataclass
@@ -58,7 +58,8 @@ class Replica:
     def __init__(self, settings: Settings, record: TaskRecord, worker_id: str):
         self.worker_id = worker_id
         self.record = record
-        self.node = socket.gethostname()
+        self.node = _node_id()
+        self.heartbeat_s = settings.controller.heartbeat_s
         self.started_at = time.time()
         self._records = open_records(settings)
         self._stats = _Stats()
@@ -67,9 +68,13 @@ class Replica:
         self.runner: TaskRunner | None = None
         self.load_error: Exception | None = None
         cache = settings.home / "cache" / "packages"
+        self._batcher: Batcher | None = None
         try:
             self.runner = TaskRunner.load(record, open_objects(settings), cache)
             self.runner.task.ensure_ready()  # the model loads here, once
+            batch = self.runner.spec.batch
+            if batch and self.runner.task.batches:
+                self._batcher = Batcher(self.runner.run_batch, batch.max_size, batch.wait_ms / 1000)
         except Exception as e:  # noqa: BLE001 - reported on every call instead
             self.load_error = e
         self._beat("broken" if self.load_error else "idle")
@@ -93,7 +98,7 @@ class Replica:
         with self._lock:
             self._stats.in_flight += 1
         try:
-            result = self.runner(input_data)
+            result = self._batcher.submit(input_data) if self._batcher else self.runner(input_data)
             outcome = Outcome(True, self.worker_id, self.node, started, time.time(), result)
             outcome.memory = psutil.Process().memory_info().rss
         except BaseException as e:  # noqa: BLE001 - reported, never raised into Ray
@@ -114,10 +119,12 @@ class Replica:
             self._stats.latencies = [*self._stats.latencies[-999:], outcome.finished_at - started]
         return outcome
 
+    @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, Any]:
         """Counters for `wtm worker status` and tests: loads, processed, ..."""
         return self._worker_record().model_dump()
 
+    @ray.method(concurrency_group="control")
     def ping(self) -> str:
         return self.worker_id
 
@@ -137,6 +144,7 @@ class Replica:
                 failed=s.failed,
                 loads=self.runner.load_count if getattr(self, "runner", None) else 0,
                 mean_latency=sum(lat) / len(lat) if lat else None,
+                p50_latency=statistics.median(lat) if lat else None,
                 memory=psutil.Process().memory_info().rss,
                 started_at=self.started_at,
                 heartbeat_at=time.time(),
@@ -154,5 +162,13 @@ class Replica:
 
     def _heartbeat_loop(self) -> None:
         while True:
-            time.sleep(HEARTBEAT_S)
+            time.sleep(self.heartbeat_s)
             self._beat()
+
+
+def _node_id() -> str:
+    """The Ray node this replica runs on (short id), as the dashboard shows it."""
+    try:
+        return ray.get_runtime_context().get_node_id()[:12]
+    except Exception:  # noqa: BLE001 - outside Ray (tests of the class itself)
+        return "local"

@@ -1,0 +1,359 @@
+"""The controller: a detached async Ray actor that owns every replica set.
+
+For each task version it keeps a set of named detached replicas
+(``wtm:<task_id>@<version>#<n>``) between the task's ``min`` and ``max``,
+sized by the demand dispatchers report; replaces replicas that die or hang;
+and drains idle ones. Its loop reads as named steps and never blocks on a
+Ray result: every probe is awaited with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from orchestrator import keys
+from orchestrator.errors import NotFoundError
+from orchestrator.models import TaskRecord
+from orchestrator.policy import desired_replicas
+from orchestrator.records import open_records
+from orchestrator.runtime.replica import Replica
+from orchestrator.settings import Settings
+from orchestrator.taskspec import TaskSpec
+
+log = logging.getLogger("wtm.controller")
+
+# Control calls (ping, stats) have their own threads, so they are answered
+# while every task thread is busy.
+ReplicaActor = ray.remote(concurrency_groups={"control": 2})(Replica)
+PROBE_TIMEOUT_S = 5.0
+REPORT_TTL_S = 5.0
+
+
+def actor_options(spec: TaskSpec) -> dict[str, Any]:
+    """Ray actor options from a task's resources and replica settings."""
+    r = spec.resources
+    options: dict[str, Any] = {
+        "max_concurrency": max(
+            spec.replicas.max_concurrency, spec.batch.max_size if spec.batch else 1
+        ),
+    }
+    if r.num_cpus is not None:
+        options["num_cpus"] = r.num_cpus
+    if r.num_gpus is not None:
+        options["num_gpus"] = r.num_gpus
+    if r.memory is not None:
+        options["memory"] = r.memory
+    if r.custom:
+        options["resources"] = dict(r.custom)
+    if spec.runtime_env:
+        options["runtime_env"] = spec.runtime_env
+    return options
+
+
+@dataclass
+class ReplicaSet:
+    """One task version's replicas, as the controller sees them."""
+
+    record: TaskRecord
+    spec: TaskSpec
+    ready: dict[str, Any] = field(default_factory=dict)  # routable replicas
+    starting: set[str] = field(default_factory=set)
+    draining: dict[str, Any] = field(default_factory=dict)
+    next_index: int = 0
+    generation: int = 0
+    pinned: int | None = None
+    min_override: int | None = None
+    last_error: str | None = None
+    last_needed: float = field(default_factory=time.monotonic)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> str:
+        return keys.set_key(self.record.task_id, self.record.version)
+
+    @property
+    def low(self) -> int:
+        return max(self.spec.replicas.min, self.min_override or 0)
+
+    def bump(self) -> None:
+        self.generation += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class Controller:
+    """Owns the replica sets; dispatchers ask it for replicas and report demand."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.cfg = settings.controller
+        self.records = open_records(settings)
+        self.sets: dict[str, ReplicaSet] = {}
+        self.reports: dict[str, tuple[float, dict[str, int]]] = {}
+        self._loop_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = self._background(self._control_loop())
+
+    # API for dispatchers and the CLI -----------------------------------------
+    async def replicas(self, task_id: str, version: str) -> tuple[int, dict[str, Any]]:
+        """The routable replicas of a set, starting one (and waiting) if none is."""
+        rs = await self._set(task_id, version)
+        rs.last_error = None
+        while not rs.ready:
+            if rs.last_error:
+                raise RuntimeError(f"no replica of {rs.key} could start: {rs.last_error}")
+            if not rs.starting:
+                self._start_replica(rs)
+            await asyncio.wait_for(rs.changed.wait(), self.cfg.load_timeout_s)
+        return rs.generation, dict(rs.ready)
+
+    async def report(self, dispatcher: str, demand: dict[str, int]) -> dict[str, int]:
+        """A dispatcher's calls waiting or running per set; returns set generations."""
+        self.reports[dispatcher] = (time.monotonic(), demand)
+        return {key: rs.generation for key, rs in self.sets.items()}
+
+    async def replica_failed(self, key: str, name: str, reason: str) -> None:
+        """A dispatcher saw a replica die or hang: kill it and replace it."""
+        rs = self.sets.get(key)
+        if rs is None or name not in rs.ready:
+            return
+        handle = rs.ready.pop(name)
+        rs.bump()
+        with contextlib.suppress(Exception):
+            ray.kill(handle, no_restart=True)
+        await self._mark_worker(name, "dead")
+        log.warning("replica %s removed: %s", name, reason)
+        await self._reconcile(rs)
+
+    async def scale(self, task_id: str, version: str, count: int) -> int:
+        """Pin a set to ``count`` replicas (`wtm worker scale`)."""
+        rs = await self._set(task_id, version)
+        # Zero unpins: the set drains now and jobs start replicas on demand again.
+        rs.pinned = count or None
+        rs.min_override = count
+        if count == 0:
+            rs.last_needed = 0.0
+        await self._reconcile(rs)
+        return count
+
+    async def ensure(self, task_id: str, version: str, min_replicas: int) -> list[str]:
+        """Keep at least ``min_replicas`` running and wait for them (`wtm worker start`)."""
+        rs = await self._set(task_id, version)
+        rs.min_override = min_replicas
+        await self._reconcile(rs)
+        deadline = time.monotonic() + self.cfg.load_timeout_s
+        while len(rs.ready) < min(min_replicas, self._high(rs)) and time.monotonic() < deadline:
+            await asyncio.wait_for(rs.changed.wait(), self.cfg.load_timeout_s)
+        return sorted(rs.ready)
+
+    async def stop(self, task_id: str | None = None) -> list[str]:
+        """Stop every replica of a task (or of all tasks) and forget the sets."""
+        stopped = []
+        for key, rs in list(self.sets.items()):
+            if task_id is None or rs.record.task_id == task_id:
+                for name, handle in [*rs.ready.items(), *rs.draining.items()]:
+                    with contextlib.suppress(Exception):
+                        ray.kill(handle, no_restart=True)
+                    await self._forget_worker(name)
+                    stopped.append(name)
+                rs.ready.clear()
+                rs.draining.clear()
+                rs.bump()
+                del self.sets[key]
+        return sorted(stopped)
+
+    async def status(self) -> list[dict[str, Any]]:
+        """Each set: its replicas and what the controller wants of it."""
+        return [
+            {
+                "key": k,
+                "ready": sorted(rs.ready),
+                "starting": sorted(rs.starting),
+                "draining": sorted(rs.draining),
+                "pinned": rs.pinned,
+                "min": rs.low,
+                "max": self._high(rs),
+                "demand": self._demand(k),
+            }
+            for k, rs in sorted(self.sets.items())
+        ]
+
+    # the control loop ----------------------------------------------------------
+    async def _control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.period_s)
+            for rs in list(self.sets.values()):
+                try:
+                    await self._reconcile(rs)
+                    await self._finish_draining(rs)
+                except Exception:
+                    log.exception("reconciling %s failed", rs.key)
+            self._background(self._probe_all())
+
+    async def _reconcile(self, rs: ReplicaSet) -> None:
+        """Start or drain replicas until the set has the size policy wants."""
+        now = time.monotonic()
+        current = len(rs.ready) + len(rs.starting)
+        demand = self._demand(rs.key)
+        per_replica = rs.spec.replicas.max_concurrency
+        if -(-demand // per_replica) >= len(rs.ready):
+            rs.last_needed = now
+        target = desired_replicas(
+            current=current,
+            demand=demand,
+            low=rs.low,
+            high=self._high(rs),
+            per_replica=per_replica,
+            idle_for=now - rs.last_needed,
+            idle_timeout=self.cfg.idle_timeout_s,
+            pinned=rs.pinned,
+        )
+        for _ in range(target - current):
+            self._start_replica(rs)
+        surplus = len(rs.ready) - target
+        for name in sorted(rs.ready, key=_index, reverse=True)[: max(surplus, 0)]:
+            rs.draining[name] = rs.ready.pop(name)
+            rs.bump()
+
+    async def _finish_draining(self, rs: ReplicaSet) -> None:
+        """Kill drained replicas once they have nothing in flight."""
+        for name, handle in list(rs.draining.items()):
+            stats = await self._probe(handle, "stats")
+            if stats is None or stats.get("in_flight", 0) == 0:
+                with contextlib.suppress(Exception):
+                    ray.kill(handle, no_restart=True)
+                rs.draining.pop(name, None)
+                await self._forget_worker(name)
+
+    async def _probe_all(self) -> None:
+        """Replace ready replicas whose process is gone."""
+        for rs in list(self.sets.values()):
+            for name, handle in list(rs.ready.items()):
+                if await self._probe(handle, "ping") is _DEAD:
+                    await self.replica_failed(rs.key, name, "replica process died")
+
+    # steps -------------------------------------------------------------------
+    async def _set(self, task_id: str, version: str) -> ReplicaSet:
+        key = keys.set_key(task_id, version)
+        rs = self.sets.get(key)
+        if rs is None:
+            record = await asyncio.to_thread(self.records.get_task, task_id, version)
+            if record is None:
+                raise NotFoundError(f"unknown task {task_id!r} version {version}")
+            rs = self.sets.setdefault(
+                key, ReplicaSet(record=record, spec=TaskSpec.model_validate(record.spec))
+            )
+            await self._adopt(rs)
+        return rs
+
+    async def _adopt(self, rs: ReplicaSet) -> None:
+        """Take over replicas a previous controller started (they are detached)."""
+        prefix = keys.replica_name(rs.record.task_id, rs.record.version, 0)[:-1]
+        names = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == self.settings.ray.namespace and a["name"].startswith(prefix)
+        ]
+        for name in names:
+            with contextlib.suppress(Exception):
+                rs.ready[name] = ray.get_actor(name, namespace=self.settings.ray.namespace)
+                rs.next_index = max(rs.next_index, _index(name) + 1)
+        if names:
+            rs.bump()
+
+    def _start_replica(self, rs: ReplicaSet) -> None:
+        name = keys.replica_name(rs.record.task_id, rs.record.version, rs.next_index)
+        rs.next_index += 1
+        handle = ReplicaActor.options(
+            name=name,
+            namespace=self.settings.ray.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            **actor_options(rs.spec),
+        ).remote(self.settings, rs.record, name)
+        rs.starting.add(name)
+        self._background(self._await_ready(rs, name, handle))
+
+    async def _await_ready(self, rs: ReplicaSet, name: str, handle: Any) -> None:
+        try:
+            await asyncio.wait_for(handle.ping.remote(), self.cfg.load_timeout_s)
+        except Exception as e:  # noqa: BLE001 - could not be placed, or died loading
+            log.error("replica %s did not start: %s", name, e)
+            rs.last_error = f"{type(e).__name__}: {e}"[:300]
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+            await self._mark_worker(name, "dead")
+            rs.starting.discard(name)
+            rs.bump()
+            return
+        rs.starting.discard(name)
+        if self.sets.get(rs.key) is rs:
+            rs.ready[name] = handle
+        rs.bump()
+
+    async def _probe(self, handle: Any, method: str) -> Any:
+        try:
+            return await asyncio.wait_for(getattr(handle, method).remote(), PROBE_TIMEOUT_S)
+        except ray.exceptions.RayActorError:
+            return _DEAD
+        except (asyncio.TimeoutError, ray.exceptions.RayError):
+            return None
+
+    def _demand(self, key: str) -> int:
+        now = time.monotonic()
+        return sum(d.get(key, 0) for t, d in self.reports.values() if now - t < REPORT_TTL_S)
+
+    def _high(self, rs: ReplicaSet) -> int:
+        return max(rs.spec.replicas.max, rs.low)
+
+    async def _mark_worker(self, name: str, state: str) -> None:
+        workers = await asyncio.to_thread(self.records.list_workers)
+        for w in workers:
+            if w.worker_id == name:
+                await asyncio.to_thread(
+                    self.records.put_worker, w.model_copy(update={"state": state})
+                )
+
+    async def _forget_worker(self, name: str) -> None:
+        await asyncio.to_thread(self.records.delete_worker, name)
+
+    def _background(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+_DEAD = object()
+
+
+def _index(name: str) -> int:
+    return int(name.rsplit("#", 1)[1])
+
+
+def deploy(settings: Settings) -> Any:
+    """Start the controller (idempotent) and return its handle."""
+    handle = (
+        ray.remote(Controller)
+        .options(
+            name=keys.CONTROLLER,
+            namespace=settings.ray.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_concurrency=1000,
+        )
+        .remote(settings)
+    )
+    ray.get(handle.start.remote())
+    return handle
