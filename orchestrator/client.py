@@ -151,13 +151,15 @@ class Client:
     ) -> ExecutionRecord:
         spec = TaskSpec.model_validate(record.spec)
         document = self._prepare_input(record, input_data, cwd)
+        # The seed's worker.task_configs may move a task to another queue or priority.
+        override = self.settings.worker.task_configs.get(record.task_id, {})
         return ExecutionRecord(
             execution_id=new_execution_id(),
             kind="task",
             task_id=record.task_id,
             version=record.version,
-            priority=priority or spec.priority,
-            queue=spec.queue,
+            priority=priority or override.get("priority") or spec.priority,
+            queue=override.get("queue") or spec.queue,
             input=document,
             submitted_at=time.time(),
         )

@@ -46,17 +46,24 @@ from orchestrator.taskspec import TaskSpec
 log = logging.getLogger("wtm.dispatcher")
 
 HEARTBEAT_S = 5.0
+REDIS_CONNECTIONS = 32
 INLINE_RESULT_LIMIT = 256 * 1024  # larger results go to the object store
 
 
 class Dispatcher:
     """Reads jobs from every queue's lanes and runs them, many at once."""
 
-    def __init__(self, settings: Settings, index: int = 0):
+    def __init__(self, settings: Settings, name: str = "dispatcher"):
         self.settings = settings
         self.cfg = settings.dispatcher
-        self.consumer = f"dispatcher-{index}-{os.getpid()}"
-        self.redis = aioredis.from_url(settings.redis.url)
+        self.consumer = f"{name}-{os.getpid()}"
+        # Jobs share a bounded pool and wait for a free connection rather than
+        # fail; the blocking stream read has a connection of its own.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis.url, max_connections=REDIS_CONNECTIONS, timeout=None
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
+        self.reader = aioredis.from_url(settings.redis.url)
         self.records = open_records(settings)
         self.objects = open_objects(settings)
         self.router = Router(
@@ -136,7 +143,7 @@ class Dispatcher:
             return
         await self._slots.acquire()  # wait for room before taking more work
         self._slots.release()
-        reply = await self.redis.xreadgroup(
+        reply = await self.reader.xreadgroup(
             keys.CONSUMER_GROUP,
             self.consumer,
             {s: ">" for s in self._streams},
@@ -224,6 +231,9 @@ class Dispatcher:
 
     async def _call_with_retries(self, task, input_data: Any, step: StepRecord) -> Outcome:
         spec = TaskSpec.model_validate(task.spec)
+        override = self.settings.worker.task_configs.get(task.task_id, {})
+        if "timeout" in override:  # the seed's worker.task_configs
+            spec = spec.model_copy(update={"timeout": float(override["timeout"])})
         step.status, step.started_at = StepStatus.RUNNING, time.time()
         while True:
             step.attempts += 1
@@ -378,18 +388,22 @@ def _failure(
 
 def deploy(settings: Settings) -> list[str]:
     """Start the configured number of dispatchers (idempotent); returns their names."""
-    actor = ray.remote(Dispatcher)
-    names = []
-    for n in range(settings.dispatcher.count):
-        name = keys.dispatcher_name(n)
-        handle = actor.options(
+    return [deploy_one(settings, keys.dispatcher_name(n)) for n in range(settings.dispatcher.count)]
+
+
+def deploy_one(settings: Settings, name: str) -> str:
+    """Start one named dispatcher with these settings (idempotent)."""
+    handle = (
+        ray.remote(Dispatcher)
+        .options(
             name=name,
             namespace=settings.ray.namespace,
             lifetime="detached",
             get_if_exists=True,
             num_cpus=0,
             max_concurrency=1000,
-        ).remote(settings, n)
-        ray.get(handle.start.remote())
-        names.append(name)
-    return names
+        )
+        .remote(settings, name)
+    )
+    ray.get(handle.start.remote())
+    return name

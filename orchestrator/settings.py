@@ -75,7 +75,7 @@ class WorkerSettings(BaseModel):
     """The seed's ``worker`` section: defaults for replicas."""
 
     worker_id: str = "worker_001"
-    max_concurrent_tasks: int = 1
+    max_concurrent_tasks: int = 16
     active_tasks: list[str] = Field(default_factory=list)
     task_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -28,7 +28,8 @@ def wtm_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def stack_settings(wtm_home) -> Settings:
     """Resolved settings of a running embedded stack, stopped after the session."""
-    settings = Settings(home=wtm_home)
+    # Short idle timeout and heartbeat so scaling down and status show up quickly.
+    settings = Settings(home=wtm_home, controller={"idle_timeout_s": 4, "heartbeat_s": 1})
     stack.up(settings)
     try:
         yield stack.resolve(settings)

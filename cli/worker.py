@@ -1,0 +1,123 @@
+"""`wtm worker start | status | monitor | stop | scale`: the replicas on the cluster."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from cli.common import console, print_json, seconds, size, state
+from orchestrator.models import WorkerRecord
+from orchestrator.records import open_records
+from orchestrator.workers import Workers, worker_status
+
+app = typer.Typer(help="Replicas that serve the tasks.", no_args_is_help=True)
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    task: list[str] = typer.Option(None, "--task", help="Task id (repeatable); default: all."),
+    queues: str | None = typer.Option(None, help="Also run a dispatcher for these queues (a,b)."),
+    concurrency: int | None = typer.Option(None, min=1, help="That dispatcher's jobs at once."),
+    replicas: int = typer.Option(1, min=1, help="Replicas to keep per task."),
+) -> None:
+    """Start replicas (loading each task once) and optionally a dispatcher."""
+    workers = Workers(state(ctx).settings)
+    queue_list = [q for q in (queues or "").split(",") if q]
+    with console.status("starting replicas (models load once per replica)"):
+        started = workers.start(task or None, replicas, queue_list, concurrency)
+    for task_id, names in started["replicas"].items():
+        console.print(f"{task_id}: {', '.join(names)}")
+    if started["dispatcher"]:
+        console.print(f"dispatcher {started['dispatcher']} on {queues or 'every queue'}")
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every replica's last heartbeat (silent ones are shown dead)."""
+    settings = state(ctx).settings
+    workers = worker_status(open_records(settings), settings)
+    if as_json:
+        print_json(workers)
+    else:
+        console.print(_table(workers))
+
+
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    interval: float = typer.Option(1.0, min=0.1, help="Seconds between refreshes."),
+    count: int = typer.Option(0, min=0, help="Stop after this many refreshes (0: never)."),
+) -> None:
+    """A live view of every replica, refreshed until Ctrl-C."""
+    settings = state(ctx).settings
+    records = open_records(settings)
+    shown = 0
+    with Live(_table(worker_status(records, settings)), console=console) as live:
+        while count == 0 or shown < count:
+            time.sleep(interval)  # a display refresh, not a synchronisation
+            live.update(_table(worker_status(records, settings)))
+            shown += 1
+
+
+@app.command()
+def stop(
+    ctx: typer.Context,
+    task: str | None = typer.Option(None, help="Only this task's replicas."),
+) -> None:
+    """Stop replicas (all, or one task's); jobs start them again on demand."""
+    stopped = Workers(state(ctx).settings).stop(task)
+    console.print(
+        f"stopped {len(stopped)} replica(s)" + (f": {', '.join(stopped)}" if stopped else "")
+    )
+
+
+@app.command()
+def scale(
+    ctx: typer.Context,
+    task_id: str,
+    count: int = typer.Argument(..., min=0),
+    version: str | None = typer.Option(None),
+) -> None:
+    """Pin a task to N replicas (0 lets it scale on demand again)."""
+    Workers(state(ctx).settings).scale(task_id, count, version)
+    console.print(f"{task_id}: scaling to {count} replica(s)")
+
+
+def _table(workers: list[WorkerRecord]) -> Table:
+    table = Table(title=f"workers ({len(workers)})")
+    for column in (
+        "worker_id",
+        "node",
+        "pid",
+        "state",
+        "in flight",
+        "processed",
+        "failed",
+        "p50",
+        "mean",
+        "memory",
+        "heartbeat",
+    ):
+        table.add_column(column)
+    now = time.time()
+    for w in workers:
+        colour = {"dead": "red", "busy": "yellow", "broken": "magenta"}.get(w.state, "green")
+        age = f"{now - w.heartbeat_at:.0f}s ago" if w.heartbeat_at else "-"
+        table.add_row(
+            w.worker_id,
+            w.node or "-",
+            str(w.pid or "-"),
+            f"[{colour}]{w.state}[/]",
+            str(w.in_flight),
+            str(w.processed),
+            str(w.failed),
+            seconds(w.p50_latency),
+            seconds(w.mean_latency),
+            size(w.memory),
+            age,
+        )
+    return table
