@@ -25,8 +25,8 @@ def list_(
         print_json(records)
         return
     table = Table(title=f"executions ({len(records)})")
+    table.add_column("execution_id", no_wrap=True, min_width=26)  # ids stay whole
     for column in (
-        "execution_id",
         "target",
         "status",
         "submitted",

@@ -89,8 +89,10 @@ def scale(
 
 def _table(workers: list[WorkerRecord]) -> Table:
     table = Table(title=f"workers ({len(workers)})")
+    # Ids stay whole however narrow the terminal: the other columns give way.
+    width = max((len(w.worker_id) for w in workers), default=9)
+    table.add_column("worker_id", no_wrap=True, min_width=width)
     for column in (
-        "worker_id",
         "node",
         "pid",
         "state",

@@ -17,7 +17,7 @@ import redis
 
 from orchestrator import keys, packages, stack
 from orchestrator.errors import ExecutionFailed, InputError, NotFoundError
-from orchestrator.inputs import resolve_paths, shape_input
+from orchestrator.inputs import resolve_paths, shape_input, upload_files
 from orchestrator.models import (
     ErrorInfo,
     ExecutionRecord,
@@ -73,7 +73,7 @@ class Client:
     ) -> dict[str, Any]:
         """Run a registered task in this process, without the cluster."""
         record = self.task(task_id, version)
-        document = self._prepare_input(record, input_data, cwd)
+        document = self._prepare_input(record, input_data, cwd, upload=False)
         runner = TaskRunner.load(record, self.objects, self.settings.home / "cache" / "packages")
         try:
             return runner(document)
@@ -139,12 +139,15 @@ class Client:
         return self.records.list_executions(wanted, limit, target)
 
     # steps -------------------------------------------------------------------
-    def _prepare_input(self, record: TaskRecord, input_data: Any, cwd: Path | None) -> Any:
+    def _prepare_input(
+        self, record: TaskRecord, input_data: Any, cwd: Path | None, upload: bool = True
+    ) -> Any:
+        """Shape, resolve and validate an input; files go to the object store."""
         spec = TaskSpec.model_validate(record.spec)
         document = shape_input(input_data, spec.input_schema)
         document = resolve_paths(document, cwd or Path.cwd())
         validate_input(spec.input_schema, document, f"{spec.task_id} input")
-        return document
+        return upload_files(document, self.objects) if upload else document
 
     def _new_execution(
         self, record: TaskRecord, input_data: Any, priority: int | None, cwd: Path | None

@@ -9,11 +9,14 @@ absolute and must exist, so the replica reads the file the caller meant.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from orchestrator import keys
 from orchestrator.errors import InputError
+from orchestrator.objects import ObjectStore
 
 
 def parse_input(text: str) -> Any:
@@ -84,4 +87,26 @@ def resolve_paths(document: Any, cwd: Path) -> Any:
         if not path.is_file():
             raise InputError(f"input field {name!r}: no such file {value!r}")
         out[name] = str(path.resolve())
+    return out
+
+
+def upload_files(document: Any, objects: ObjectStore) -> Any:
+    """Put the files that (absolute) path fields name into the object store.
+
+    Each becomes an ``s3://`` URI the replica reads through its object store,
+    so a job runs on any node, and the input is the file as it was when the
+    job was submitted. Uploads are content-addressed: the same file is stored
+    once.
+    """
+    if not isinstance(document, dict):
+        return document
+    out = dict(document)
+    for name, value in document.items():
+        if not (is_path_field(name) and isinstance(value, str)) or "://" in value:
+            continue
+        data = Path(value).read_bytes()
+        key = keys.input_key(hashlib.sha256(data).hexdigest(), Path(value).name)
+        if not objects.exists(keys.DATA_BUCKET, key):
+            objects.put(keys.DATA_BUCKET, key, data)
+        out[name] = f"s3://{keys.DATA_BUCKET}/{key}"
     return out

@@ -65,6 +65,11 @@ def package_key(task_id: str, version: str, sha256: str) -> str:
     return f"tasks/{task_id}/{version}/{sha256}.tar.gz"
 
 
+def input_key(sha256: str, filename: str) -> str:
+    """A file from an execution's input, content-addressed so uploads dedupe."""
+    return f"inputs/{sha256}/{filename}"
+
+
 def result_key(execution_id: str) -> str:
     return f"results/{execution_id}.json"
 

@@ -30,7 +30,7 @@ class Task(SimpleTask):
         self.smile_cascade = _cascade("haarcascade_smile.xml")
 
     def process(self, input_data: dict) -> dict:
-        image = image_from_input(input_data)
+        image = image_from_input(input_data, self.objects)
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if input_data.get("faces") is None:
             faces = self.detect(gray)

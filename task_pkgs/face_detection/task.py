@@ -24,7 +24,7 @@ class Task(SimpleTask):
     def process(self, input_data: dict) -> dict:
         if input_data.get("demo_mode"):
             input_data = {**input_data, "image_path": str(SAMPLE)}
-        image = image_from_input(input_data)
+        image = image_from_input(input_data, self.objects)
         params = input_data.get("parameters") or {}
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         min_size = int(params.get("min_size", 30))

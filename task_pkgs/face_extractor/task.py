@@ -55,7 +55,7 @@ class Task(MLTask):
 
     def preprocess_input(self, input_data: dict[str, Any]) -> dict[str, Any]:
         """The faces and their crops: one row of ``size * size`` values in 0..1 per face."""
-        image = image_from_input(input_data)
+        image = image_from_input(input_data, self.objects)
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if input_data.get("faces") is None:
             faces = self.detect(gray)
