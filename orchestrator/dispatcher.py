@@ -25,23 +25,21 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from orchestrator import keys
-from orchestrator.errors import NotFoundError, TaskTimeoutError
+from orchestrator.errors import NotFoundError
 from orchestrator.models import (
     ErrorInfo,
     ExecutionRecord,
     ExecutionStatus,
     Job,
-    StepRecord,
-    StepStatus,
     TaskRecord,
 )
 from orchestrator.objects import open_objects
-from orchestrator.policy import compute_backoff, should_retry
+from orchestrator.pipelines.driver import Driver
+from orchestrator.pipelines.graph import Plan, task_plan
 from orchestrator.records import open_records
-from orchestrator.runtime.replica import Outcome
+from orchestrator.runtime.caller import Caller
 from orchestrator.runtime.router import Router
 from orchestrator.settings import Settings
-from orchestrator.taskspec import TaskSpec
 
 log = logging.getLogger("wtm.dispatcher")
 
@@ -69,6 +67,7 @@ class Dispatcher:
         self.router = Router(
             ray.get_actor(keys.CONTROLLER, namespace=settings.ray.namespace), self.consumer
         )
+        self.caller = Caller(self.router)
         self._task_records: dict[tuple[str, str | None], TaskRecord] = {}
         self._slots = asyncio.Semaphore(self.cfg.concurrency)
         self._streams: list[str] = []
@@ -217,66 +216,30 @@ class Dispatcher:
         return record
 
     async def _execute(self, job: Job, record: ExecutionRecord) -> ExecutionRecord:
+        """Run the job's plan (a task is a one-step plan) and fill in the outcome."""
         try:
-            task = await self._task_record(job.target, job.version)
+            plan = (
+                Plan.model_validate(job.plan)
+                if job.plan
+                else task_plan(await self._task_record(job.target, job.version))
+            )
         except NotFoundError as e:
             return _finish(record, None, ErrorInfo(type="NotFoundError", message=str(e)))
-        step = StepRecord(step_id=task.task_id, task_id=task.task_id, version=task.version)
-        outcome = await self._call_with_retries(task, job.input, step)
-        record.steps = [step]
-        record.attempts = step.attempts
-        record.worker_id = step.worker_id
-        record.memory_usage = outcome.memory
-        return _finish(record, outcome.result if outcome.ok else None, step.error)
+        lock = asyncio.Lock()
 
-    async def _call_with_retries(self, task, input_data: Any, step: StepRecord) -> Outcome:
-        spec = TaskSpec.model_validate(task.spec)
-        override = self.settings.worker.task_configs.get(task.task_id, {})
-        if "timeout" in override:  # the seed's worker.task_configs
-            spec = spec.model_copy(update={"timeout": float(override["timeout"])})
-        step.status, step.started_at = StepStatus.RUNNING, time.time()
-        while True:
-            step.attempts += 1
-            outcome = await self._call_once(task, spec, input_data)
-            step.worker_id, step.node = outcome.worker_id, outcome.node
-            if outcome.ok:
-                step.status, step.error = StepStatus.SUCCEEDED, None
-                break
-            step.error = ErrorInfo(
-                type=outcome.error_type or "Error",
-                message=outcome.error_message or "",
-                step=step.step_id,
-            )
-            if not should_retry(step.attempts, spec.max_retries, outcome.retryable):
-                step.status = StepStatus.FAILED
-                break
-            await asyncio.sleep(compute_backoff(step.attempts))
-        step.finished_at = time.time()
-        step.duration = step.finished_at - step.started_at
-        return outcome
+        async def save(current: ExecutionRecord) -> None:
+            async with lock:  # snapshots land in order, each one whole
+                snapshot = current.model_copy(deep=True)
+                await asyncio.to_thread(self.records.save_execution, snapshot)
 
-    async def _call_once(self, task: TaskRecord, spec: TaskSpec, input_data: Any) -> Outcome:
-        """One attempt on the least-loaded replica; a hung one is killed, a dead one replaced."""
-        started = time.time()
-        try:
-            name, replica = await self.router.acquire(task)
-        except Exception as e:  # noqa: BLE001 - no replica could start (placement, loading)
-            cause = getattr(e, "cause", None) or e
-            return _failure(task.task_id, started, cause, retryable=False)
-        try:
-            outcome = await asyncio.wait_for(replica.call.remote(input_data), spec.timeout)
-        except asyncio.TimeoutError:
-            self.router.failed(task, name, "timeout")  # Ray cannot interrupt a running method
-            err = TaskTimeoutError(f"task {task.task_id} exceeded its timeout of {spec.timeout:g}s")
-            return _failure(name, started, err, retryable=True)
-        except ray.exceptions.RayActorError as e:
-            self.router.failed(task, name, "died")
-            return _failure(name, started, e, retryable=True, message=f"replica {name} died")
-        finally:
-            self.router.release(task, name)
-        if outcome.broken:
-            self.router.failed(task, name, "could not load its task")
-        return outcome
+        driver = Driver(self.caller, self._task_record, save, self._timeout_override)
+        record, result, error = await driver.run(plan, job.input, record)
+        return _finish(record, result, error)
+
+    def _timeout_override(self, task_id: str) -> float | None:
+        """The seed's worker.task_configs may set a task's timeout."""
+        timeout = self.settings.worker.task_configs.get(task_id, {}).get("timeout")
+        return float(timeout) if timeout is not None else None
 
     async def _task_record(self, task_id: str, version: str | None) -> TaskRecord:
         key = (task_id, version)
@@ -364,26 +327,6 @@ def _finish(record: ExecutionRecord, result: Any, error: ErrorInfo | None) -> Ex
     record.error = error
     record.result = result
     return record
-
-
-def _failure(
-    worker: str,
-    started: float,
-    error: BaseException,
-    *,
-    retryable: bool,
-    message: str | None = None,
-) -> Outcome:
-    return Outcome(
-        False,
-        worker,
-        "",
-        started,
-        time.time(),
-        error_type=type(error).__name__,
-        error_message=message or str(error),
-        retryable=retryable,
-    )
 
 
 def deploy(settings: Settings) -> list[str]:

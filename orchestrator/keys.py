@@ -70,6 +70,11 @@ def input_key(sha256: str, filename: str) -> str:
     return f"inputs/{sha256}/{filename}"
 
 
+def cache_key(task_id: str, digest: str) -> str:
+    """A cached step output: the digest covers the package sha256 and the input."""
+    return f"cache/{task_id}/{digest}.json"
+
+
 def result_key(execution_id: str) -> str:
     return f"results/{execution_id}.json"
 

@@ -117,6 +117,17 @@ class TaskRecord(BaseModel):
     spec: dict[str, Any]
 
 
+class PipelineRecord(BaseModel):
+    """One registered version of a pipeline definition."""
+
+    pipeline_id: str
+    version: str
+    sha256: str
+    object_key: str
+    registered_at: float
+    spec: dict[str, Any]
+
+
 class WorkerRecord(BaseModel):
     """A replica's last heartbeat."""
 
@@ -150,6 +161,7 @@ class Job(BaseModel):
     priority: int = 5
     submitted_at: float
     input: Any = None
+    plan: dict[str, Any] | None = None  # a pipeline's compiled plan; None for a task
 
     def encode(self) -> dict[str, str]:
         """Fields for XADD."""

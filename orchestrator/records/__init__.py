@@ -7,12 +7,18 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from orchestrator.models import ExecutionRecord, ExecutionStatus, TaskRecord, WorkerRecord
+from orchestrator.models import (
+    ExecutionRecord,
+    ExecutionStatus,
+    PipelineRecord,
+    TaskRecord,
+    WorkerRecord,
+)
 from orchestrator.settings import Settings
 
 
 class RecordStore(Protocol):
-    """Tasks, executions and workers; pipelines join them in a later layer."""
+    """Tasks, pipelines, executions and workers."""
 
     def put_task(self, record: TaskRecord) -> None:
         """Insert or replace one (task_id, version)."""
@@ -24,6 +30,18 @@ class RecordStore(Protocol):
         """Every registered version, ordered by task id then registration time."""
 
     def delete_task(self, task_id: str, version: str | None = None) -> int:
+        """Delete one version, or all of them; returns how many were deleted."""
+
+    def put_pipeline(self, record: PipelineRecord) -> None:
+        """Insert or replace one (pipeline_id, version)."""
+
+    def get_pipeline(self, pipeline_id: str, version: str | None = None) -> PipelineRecord | None:
+        """One version, or the latest registered one when version is None."""
+
+    def list_pipelines(self) -> list[PipelineRecord]:
+        """Every registered version, ordered by pipeline id then registration time."""
+
+    def delete_pipeline(self, pipeline_id: str, version: str | None = None) -> int:
         """Delete one version, or all of them; returns how many were deleted."""
 
     def insert_execution(self, record: ExecutionRecord) -> None:

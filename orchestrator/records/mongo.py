@@ -17,7 +17,13 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from orchestrator import keys
 from orchestrator.errors import ConflictError, StackError
-from orchestrator.models import ExecutionRecord, ExecutionStatus, TaskRecord, WorkerRecord
+from orchestrator.models import (
+    ExecutionRecord,
+    ExecutionStatus,
+    PipelineRecord,
+    TaskRecord,
+    WorkerRecord,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +33,7 @@ _INDEXES: tuple[tuple[str, list[tuple[str, int]]], ...] = (
     (keys.EXECUTIONS, [("target", 1), ("submitted_at", -1)]),
     (keys.EXECUTIONS, [("submitted_at", -1)]),
     (keys.TASKS, [("task_id", 1), ("registered_at", -1)]),
+    (keys.PIPELINES, [("pipeline_id", 1), ("registered_at", -1)]),
     (keys.WORKERS, [("heartbeat_at", 1)]),
 )
 
@@ -113,6 +120,33 @@ class MongoRecordStore:
             return tasks.delete_many({"task_id": task_id}).deleted_count
         return tasks.delete_one({"_id": f"{task_id}@{version}"}).deleted_count
 
+    # pipelines ---------------------------------------------------------------
+    @_reachable
+    def put_pipeline(self, record: PipelineRecord) -> None:
+        doc = _doc(record, f"{record.pipeline_id}@{record.version}")
+        self._coll(keys.PIPELINES).replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    @_reachable
+    def get_pipeline(self, pipeline_id: str, version: str | None = None) -> PipelineRecord | None:
+        pipelines = self._coll(keys.PIPELINES)
+        if version is None:
+            doc = pipelines.find_one({"pipeline_id": pipeline_id}, sort=[("registered_at", -1)])
+        else:
+            doc = pipelines.find_one({"_id": f"{pipeline_id}@{version}"})
+        return _load(PipelineRecord, doc)
+
+    @_reachable
+    def list_pipelines(self) -> list[PipelineRecord]:
+        docs = self._coll(keys.PIPELINES).find().sort([("pipeline_id", 1), ("registered_at", 1)])
+        return [_load(PipelineRecord, d) for d in docs]
+
+    @_reachable
+    def delete_pipeline(self, pipeline_id: str, version: str | None = None) -> int:
+        pipelines = self._coll(keys.PIPELINES)
+        if version is None:
+            return pipelines.delete_many({"pipeline_id": pipeline_id}).deleted_count
+        return pipelines.delete_one({"_id": f"{pipeline_id}@{version}"}).deleted_count
+
     # executions --------------------------------------------------------------
     @_reachable
     def insert_execution(self, record: ExecutionRecord) -> None:
@@ -176,7 +210,7 @@ def _execution_doc(record: ExecutionRecord) -> dict[str, Any]:
     return {**_doc(record, record.execution_id), "target": record.target}
 
 
-_M = TypeVar("_M", TaskRecord, ExecutionRecord, WorkerRecord)
+_M = TypeVar("_M", TaskRecord, PipelineRecord, ExecutionRecord, WorkerRecord)
 
 
 def _load(model: type[_M], doc: dict[str, Any] | None) -> _M | None:

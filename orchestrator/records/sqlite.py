@@ -11,12 +11,21 @@ import threading
 from pathlib import Path
 
 from orchestrator.errors import ConflictError
-from orchestrator.models import ExecutionRecord, ExecutionStatus, TaskRecord, WorkerRecord
+from orchestrator.models import (
+    ExecutionRecord,
+    ExecutionStatus,
+    PipelineRecord,
+    TaskRecord,
+    WorkerRecord,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT NOT NULL, version TEXT NOT NULL, registered_at REAL NOT NULL,
     doc TEXT NOT NULL, PRIMARY KEY (task_id, version));
+CREATE TABLE IF NOT EXISTS pipelines (
+    pipeline_id TEXT NOT NULL, version TEXT NOT NULL, registered_at REAL NOT NULL,
+    doc TEXT NOT NULL, PRIMARY KEY (pipeline_id, version));
 CREATE TABLE IF NOT EXISTS executions (
     execution_id TEXT PRIMARY KEY, status TEXT NOT NULL, target TEXT,
     submitted_at REAL NOT NULL, doc TEXT NOT NULL);
@@ -86,6 +95,45 @@ class SqliteRecordStore:
                 "DELETE FROM tasks WHERE task_id = ? AND version = ?", (task_id, version)
             )
         return cur.rowcount
+
+    # pipelines ---------------------------------------------------------------
+    def put_pipeline(self, record: PipelineRecord) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO pipelines VALUES (?, ?, ?, ?)",
+            (record.pipeline_id, record.version, record.registered_at, record.model_dump_json()),
+        )
+
+    def get_pipeline(self, pipeline_id: str, version: str | None = None) -> PipelineRecord | None:
+        if version is None:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT doc FROM pipelines WHERE pipeline_id = ? "
+                    "ORDER BY registered_at DESC LIMIT 1",
+                    (pipeline_id,),
+                )
+                .fetchone()
+            )
+        else:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT doc FROM pipelines WHERE pipeline_id = ? AND version = ?",
+                    (pipeline_id, version),
+                )
+                .fetchone()
+            )
+        return PipelineRecord.model_validate_json(row[0]) if row else None
+
+    def list_pipelines(self) -> list[PipelineRecord]:
+        rows = self._conn().execute("SELECT doc FROM pipelines ORDER BY pipeline_id, registered_at")
+        return [PipelineRecord.model_validate_json(r[0]) for r in rows]
+
+    def delete_pipeline(self, pipeline_id: str, version: str | None = None) -> int:
+        sql, args = "DELETE FROM pipelines WHERE pipeline_id = ?", [pipeline_id]
+        if version is not None:
+            sql, args = sql + " AND version = ?", [*args, version]
+        return self._conn().execute(sql, args).rowcount
 
     # executions --------------------------------------------------------------
     def insert_execution(self, record: ExecutionRecord) -> None:

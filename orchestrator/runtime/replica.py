@@ -8,6 +8,8 @@ retryable, without unpickling user exception classes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import statistics
 import threading
@@ -18,8 +20,10 @@ from typing import Any
 import psutil
 import ray
 
+from orchestrator import keys
 from orchestrator.models import TaskRecord, WorkerRecord
 from orchestrator.objects import open_objects
+from orchestrator.pipelines.mapping import step_input
 from orchestrator.policy import classify
 from orchestrator.records import open_records
 from orchestrator.runner import TaskRunner
@@ -42,6 +46,17 @@ class Outcome:
     retryable: bool = False
     broken: bool = False  # the replica could not load its task
     memory: int | None = None
+    cache_hit: bool = False
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """How a replica builds one pipeline step's input and whether it may cache."""
+
+    step_id: str
+    reads: tuple[str, ...] = ()
+    input_mapping: dict[str, str] | None = None
+    cache: bool = False
 
 
 @dataclass
@@ -65,12 +80,13 @@ class Replica:
         self._stats = _Stats()
         self._lock = threading.Lock()
         self._beat("loading")
+        self._objects = open_objects(settings)
         self.runner: TaskRunner | None = None
         self.load_error: Exception | None = None
         cache = settings.home / "cache" / "packages"
         self._batcher: Batcher | None = None
         try:
-            self.runner = TaskRunner.load(record, open_objects(settings), cache)
+            self.runner = TaskRunner.load(record, self._objects, cache)
             self.runner.task.ensure_ready()  # the model loads here, once
             batch = self.runner.spec.batch
             if batch and self.runner.task.batches:
@@ -118,6 +134,50 @@ class Replica:
             self._stats.failed += 0 if outcome.ok else 1
             self._stats.latencies = [*self._stats.latencies[-999:], outcome.finished_at - started]
         return outcome
+
+    @ray.method(num_returns=2)
+    def run_step(self, step: StepCall, pipeline_input: Any, *upstream: Any) -> tuple[Outcome, Any]:
+        """One pipeline step. Returns (outcome without result, result) as two objects.
+
+        Ray resolves the upstream outputs here, on this node: no step result
+        passes through the dispatcher. The dispatcher awaits only the small
+        outcome and hands the result's reference to the next steps.
+        """
+        started = time.time()
+        try:
+            document = step_input(
+                step.input_mapping, pipeline_input, dict(zip(step.reads, upstream, strict=True))
+            )
+        except Exception as e:  # noqa: BLE001 - a mapping that reads nothing is fatal
+            return self._failed(started, e, retryable=False), None
+        key = self._cache_key(document) if step.cache else None
+        if key and self._objects.exists(keys.DATA_BUCKET, key):
+            cached = json.loads(self._objects.get(keys.DATA_BUCKET, key))
+            return Outcome(
+                True, self.worker_id, self.node, started, time.time(), cache_hit=True
+            ), cached
+        outcome = self.call(document)
+        result, outcome.result = outcome.result, None
+        if key and outcome.ok:
+            self._objects.put(keys.DATA_BUCKET, key, json.dumps(result).encode())
+        return outcome, result
+
+    def _cache_key(self, document: Any) -> str:
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+        digest = hashlib.sha256(f"{self.record.sha256}\n{canonical}".encode()).hexdigest()
+        return keys.cache_key(self.record.task_id, digest)
+
+    def _failed(self, started: float, e: BaseException, retryable: bool) -> Outcome:
+        return Outcome(
+            False,
+            self.worker_id,
+            self.node,
+            started,
+            time.time(),
+            error_type=type(e).__name__,
+            error_message=str(e),
+            retryable=retryable,
+        )
 
     @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, Any]:

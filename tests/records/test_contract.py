@@ -17,6 +17,7 @@ from orchestrator.errors import ConflictError
 from orchestrator.models import (
     ExecutionRecord,
     ExecutionStatus,
+    PipelineRecord,
     TaskRecord,
     WorkerRecord,
     new_execution_id,
@@ -87,6 +88,38 @@ def worker(worker_id: str, processed: int = 0) -> WorkerRecord:
         processed=processed,
         heartbeat_at=1000.0 + processed,
     )
+
+
+def pipeline(pipeline_id: str, version: str, registered_at: float) -> PipelineRecord:
+    return PipelineRecord(
+        pipeline_id=pipeline_id,
+        version=version,
+        sha256=f"sha-{pipeline_id}-{version}",
+        object_key=f"pipelines/{pipeline_id}/{version}.json",
+        registered_at=registered_at,
+        spec={"pipeline_id": pipeline_id, "steps": []},
+    )
+
+
+# pipelines -----------------------------------------------------------------
+def test_pipelines_are_versioned_like_tasks(store):
+    first = pipeline("face_processing_pipeline", "1.0.0", registered_at=100.0)
+    store.put_pipeline(first)
+    store.put_pipeline(pipeline("face_processing_pipeline", "2.0.0", registered_at=200.0))
+    store.put_pipeline(pipeline("text_pipeline", "1.0.0", registered_at=150.0))
+
+    assert store.get_pipeline("face_processing_pipeline").version == "2.0.0"
+    assert store.get_pipeline("face_processing_pipeline", "1.0.0") == first
+    assert store.get_pipeline("nope") is None
+    assert [(p.pipeline_id, p.version) for p in store.list_pipelines()] == [
+        ("face_processing_pipeline", "1.0.0"),
+        ("face_processing_pipeline", "2.0.0"),
+        ("text_pipeline", "1.0.0"),
+    ]
+    assert store.delete_pipeline("face_processing_pipeline", "2.0.0") == 1
+    assert store.get_pipeline("face_processing_pipeline").version == "1.0.0"
+    assert store.delete_pipeline("face_processing_pipeline") == 1
+    assert [p.pipeline_id for p in store.list_pipelines()] == ["text_pipeline"]
 
 
 # tasks ---------------------------------------------------------------------

@@ -1,0 +1,118 @@
+"""Pipeline files: a single pipeline object, or the seed's ``config_pipeline.json``.
+
+Step defaults come from the step, then its task, then ``global_settings``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.errors import SpecError
+from orchestrator.taskspec import ID_PATTERN, describe
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class StepSpec(BaseModel):
+    """One step: a task call, its dependencies, group and input mapping."""
+
+    model_config = _STRICT
+    task_id: str = Field(pattern=ID_PATTERN)
+    step_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    version: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    retry_count: int | None = Field(default=None, ge=0)
+    depends_on: list[str] | None = None
+    parallel_group: str | None = None
+    input_mapping: dict[str, str] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.step_id or self.task_id
+
+    @property
+    def deps(self) -> list[str]:
+        return list(self.depends_on or [])
+
+
+class InputValidation(BaseModel):
+    """Checked on the pipeline input before anything is queued."""
+
+    model_config = _STRICT
+    required_fields: list[str] = Field(default_factory=list)
+    optional_fields: list[str] = Field(default_factory=list)
+    supported_formats: list[str] = Field(default_factory=list)
+
+
+class GlobalSettings(BaseModel):
+    """The seed's ``global_settings``: defaults and switches for every pipeline."""
+
+    model_config = _STRICT
+    default_timeout: float = Field(default=300, gt=0)
+    default_retry_count: int = Field(default=3, ge=0)
+    max_parallel_tasks: int = Field(default=10, ge=1)
+    enable_caching: bool = False
+    log_level: str = "INFO"
+
+
+class PipelineSpec(BaseModel):
+    """A pipeline as its JSON describes it."""
+
+    model_config = _STRICT
+    pipeline_id: str = Field(pattern=ID_PATTERN)
+    name: str | None = None
+    description: str = ""
+    enabled: bool = True
+    steps: list[StepSpec] = Field(min_length=1)
+    input_validation: InputValidation | None = None
+    output_format: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    global_settings: GlobalSettings = Field(default_factory=GlobalSettings)
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "1.0.0"))
+
+
+def parse_document(data: Any, source: str) -> list[PipelineSpec]:
+    """Pipelines in a document of either format; errors name the file and field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a JSON object")
+    if "pipelines" in data:
+        unknown = sorted(set(data) - {"pipelines", "global_settings"})
+        if unknown:
+            raise SpecError(f"{source}: unknown field {unknown[0]!r}")
+        shared = data.get("global_settings") or {}
+        items = data["pipelines"]
+        if not isinstance(items, dict) or not items:
+            raise SpecError(f"{source}: 'pipelines' must be a non-empty object")
+        return [
+            _parse({"pipeline_id": key, **body, "global_settings": shared}, f"{source} [{key}]")
+            for key, body in items.items()
+        ]
+    return [_parse(data, source)]
+
+
+def _parse(data: Any, source: str) -> PipelineSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a JSON object")
+    try:
+        return PipelineSpec.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise SpecError(f"{source}: {describe(e)}") from e
+
+
+def load_file(path: Path) -> list[PipelineSpec]:
+    """Read and parse a pipeline file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise SpecError(f"{path}: no such pipeline file") from e
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}") from e
+    return parse_document(data, str(path))
