@@ -64,17 +64,36 @@ def show(
         print_json(record)
         return
     show_record(record, as_json=False)
-    steps = Table(title="steps")
-    for column in ("step", "task", "status", "attempts", "duration", "worker", "error"):
-        steps.add_column(column)
+    console.print(steps_table(record))
+
+
+def steps_table(record) -> Table:
+    """Each step with its status, attempts, timing and worker."""
+    table = Table(title="steps")
+    for column in (
+        "step",
+        "task",
+        "status",
+        "attempts",
+        "started",
+        "duration",
+        "cache",
+        "worker",
+        "error",
+    ):
+        table.add_column(column)
+    base = record.started_at or record.submitted_at
     for s in record.steps:
-        steps.add_row(
+        offset = f"+{seconds(s.started_at - base)}" if s.started_at else "-"
+        table.add_row(
             s.step_id,
             s.task_id,
             status_style(s.status.value),
             str(s.attempts),
+            offset,
             seconds(s.duration),
+            "hit" if s.cache_hit else "",
             s.worker_id or "-",
             s.error.message if s.error else "",
         )
-    console.print(steps)
+    return table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import executions, stack, task, worker
+from cli import executions, pipeline, stack, task, worker
 from cli.common import CleanErrors
 from cli.run import run
 
@@ -21,6 +21,7 @@ app.command()(stack.health)
 app.command()(stack.demo)
 app.command()(run)
 app.add_typer(task.app, name="task")
+app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(worker.app, name="worker")
 app.add_typer(executions.app, name="executions")
 

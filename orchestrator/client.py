@@ -23,10 +23,14 @@ from orchestrator.models import (
     ExecutionRecord,
     ExecutionStatus,
     Job,
+    PipelineRecord,
     TaskRecord,
     new_execution_id,
 )
 from orchestrator.objects import ObjectStore, open_objects
+from orchestrator.pipelines import registry as pipeline_registry
+from orchestrator.pipelines.graph import Plan, check_input, compile_plan, pending_steps
+from orchestrator.pipelines.spec import load_file
 from orchestrator.records import RecordStore, open_records
 from orchestrator.runner import TaskRunner, validate_input
 from orchestrator.settings import Settings, load_settings
@@ -68,6 +72,28 @@ class Client:
         """Delete a task (or one version): its records first, then its archives."""
         return packages.delete(self.records, self.objects, task_id, version)
 
+    def register_pipelines(
+        self, path: str | Path, force: bool = False
+    ) -> list[tuple[PipelineRecord, bool]]:
+        """Register every pipeline in a file (either seed format)."""
+        return [
+            pipeline_registry.register(spec, self.records, self.objects, force)
+            for spec in load_file(Path(path))
+        ]
+
+    def pipelines(self) -> list[PipelineRecord]:
+        return self.records.list_pipelines()
+
+    def pipeline(self, pipeline_id: str, version: str | None = None) -> PipelineRecord:
+        return pipeline_registry.resolve(self.records, pipeline_id, version)
+
+    def delete_pipeline(self, pipeline_id: str, version: str | None = None) -> list[PipelineRecord]:
+        return pipeline_registry.delete(self.records, self.objects, pipeline_id, version)
+
+    def validate_pipelines(self, path: str | Path) -> list[Plan]:
+        """Check a pipeline file against the registry without registering it."""
+        return pipeline_registry.validate_file(Path(path), self.records)
+
     def test_task(
         self, task_id: str, input_data: Any, version: str | None = None, cwd: Path | None = None
     ) -> dict[str, Any]:
@@ -90,10 +116,12 @@ class Client:
         version: str | None = None,
         cwd: Path | None = None,
     ) -> str:
-        """Validate, record as queued, enqueue; returns the execution id."""
-        record = self.task(target, version)
-        execution = self._new_execution(record, input_data, priority, cwd)
-        self._enqueue(execution)
+        """Validate, record as queued, enqueue; returns the execution id.
+
+        ``target`` is a task id or, failing that, a pipeline id.
+        """
+        execution, plan = self._new(target, input_data, priority, version, cwd)
+        self._enqueue(execution, plan)
         return execution.execution_id
 
     def run(
@@ -108,10 +136,9 @@ class Client:
         raise_on_failure: bool = False,
     ) -> ExecutionRecord:
         """Submit and wait for the terminal record."""
-        record = self.task(target, version)
-        execution = self._new_execution(record, input_data, priority, cwd)
+        execution, plan = self._new(target, input_data, priority, version, cwd)
         with self._subscribe(execution.execution_id) as events:
-            self._enqueue(execution)
+            self._enqueue(execution, plan)
             result = self._wait(execution.execution_id, events, timeout)
         if raise_on_failure and result.status != ExecutionStatus.SUCCEEDED:
             raise ExecutionFailed(result)
@@ -167,7 +194,52 @@ class Client:
             submitted_at=time.time(),
         )
 
-    def _enqueue(self, execution: ExecutionRecord) -> None:
+    def _new(
+        self,
+        target: str,
+        input_data: Any,
+        priority: int | None,
+        version: str | None,
+        cwd: Path | None,
+    ) -> tuple[ExecutionRecord, Plan | None]:
+        task = self.records.get_task(target, version)
+        if task is not None:
+            return self._new_execution(task, input_data, priority, cwd), None
+        if self.records.get_pipeline(target, version) is not None:
+            return self._new_pipeline_execution(target, input_data, priority, version, cwd)
+        pinned = f" version {version}" if version else ""
+        raise NotFoundError(f"unknown task or pipeline {target!r}{pinned}; see `wtm task list`")
+
+    def _new_pipeline_execution(
+        self,
+        pipeline_id: str,
+        input_data: Any,
+        priority: int | None,
+        version: str | None,
+        cwd: Path | None,
+    ) -> tuple[ExecutionRecord, Plan]:
+        record = pipeline_registry.resolve(self.records, pipeline_id, version)
+        spec = pipeline_registry.spec_of(record)
+        plan = compile_plan(spec, self.records.get_task)  # the tasks may have changed since
+        checks = spec.input_validation
+        required = {"type": "object", "required": checks.required_fields} if checks else None
+        document = shape_input(input_data, required)
+        check_input(checks, document, f"{pipeline_id}")
+        document = resolve_paths(document, cwd or Path.cwd())
+        execution = ExecutionRecord(
+            execution_id=new_execution_id(),
+            kind="pipeline",
+            pipeline_id=pipeline_id,
+            version=record.version,
+            priority=priority or int(spec.metadata.get("priority", 5)),
+            queue=str(spec.metadata.get("queue", "pipelines")),
+            input=upload_files(document, self.objects),
+            submitted_at=time.time(),
+            steps=pending_steps(plan),
+        )
+        return execution, plan
+
+    def _enqueue(self, execution: ExecutionRecord, plan: Plan | None = None) -> None:
         """Record first, then the stream: a dispatcher always finds the record."""
         r = self.redis
         self.records.insert_execution(execution)
@@ -180,6 +252,7 @@ class Client:
             priority=execution.priority,
             submitted_at=execution.submitted_at,
             input=execution.input,
+            plan=plan.model_dump(mode="json") if plan else None,
         )
         try:
             pipe = r.pipeline(transaction=True)

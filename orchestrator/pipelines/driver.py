@@ -18,17 +18,12 @@ from typing import Any
 import ray
 
 from orchestrator.models import ErrorInfo, ExecutionRecord, StepRecord, StepStatus, TaskRecord
-from orchestrator.pipelines.graph import Plan, PlannedStep
+from orchestrator.pipelines.graph import Plan, PlannedStep, pending_steps
 from orchestrator.runtime.caller import Caller
 from orchestrator.runtime.replica import StepCall
 
 TaskLookup = Callable[[str, str], Awaitable[TaskRecord]]
 Save = Callable[[ExecutionRecord], Awaitable[None]]
-
-
-def pending_steps(plan: Plan) -> list[StepRecord]:
-    """Step records as they stand before anything runs."""
-    return [StepRecord(step_id=s.step_id, task_id=s.task_id, version=s.version) for s in plan.steps]
 
 
 class Driver:

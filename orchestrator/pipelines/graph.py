@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.errors import NotFoundError, SpecError
-from orchestrator.models import TaskRecord
+from orchestrator.models import StepRecord, TaskRecord
 from orchestrator.pipelines import jsonpath
 from orchestrator.pipelines.spec import InputValidation, PipelineSpec, StepSpec
 
@@ -53,6 +53,11 @@ class Plan(BaseModel):
         """Steps nothing depends on: their outputs are the result."""
         used = {d for s in self.steps for d in s.deps}
         return [s.step_id for s in self.steps if s.step_id not in used]
+
+
+def pending_steps(plan: Plan) -> list[StepRecord]:
+    """Step records as they stand before anything runs."""
+    return [StepRecord(step_id=s.step_id, task_id=s.task_id, version=s.version) for s in plan.steps]
 
 
 def compile_plan(spec: PipelineSpec, tasks: TaskLookup) -> Plan:

@@ -1,0 +1,167 @@
+"""`wtm pipeline register | list | info | validate | execute | delete`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.tree import Tree
+
+from cli.common import console, print_json, state, when
+from cli.run import show_record
+from orchestrator.inputs import parse_input
+from orchestrator.models import ExecutionStatus
+from orchestrator.pipelines.registry import mermaid, spec_of
+
+app = typer.Typer(help="Register, inspect and execute pipelines.", no_args_is_help=True)
+
+BUILTIN = Path("pipelines")
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    files: list[Path] = typer.Argument(None, help="Pipeline files (default: pipelines/*.json)."),
+    json_config: Path | None = typer.Option(None, help="A config_pipeline.json file."),
+    force: bool = typer.Option(False, help="Replace a version registered with other content."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Validate and store pipelines (every file in pipelines/ when none is named)."""
+    client = state(ctx).client
+    paths = list(files or []) + ([json_config] if json_config else [])
+    if not paths:
+        paths = sorted(BUILTIN.glob("*.json"))
+    done = []
+    for path in paths:
+        for record, changed in client.register_pipelines(path, force=force):
+            done.append(record)
+            if not as_json:
+                verb = "registered" if changed else "unchanged"
+                console.print(f"{verb} {record.pipeline_id} {record.version} from {path}")
+    if as_json:
+        print_json(done)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Registered pipelines, one row per version."""
+    records = state(ctx).client.pipelines()
+    if as_json:
+        print_json(records)
+        return
+    table = Table(title=f"pipelines ({len(records)} versions)")
+    table.add_column("pipeline_id", no_wrap=True)
+    for column in ("version", "name", "steps", "groups", "enabled", "registered"):
+        table.add_column(column)
+    for r in records:
+        spec = spec_of(r)
+        groups = sorted({s.parallel_group for s in spec.steps if s.parallel_group})
+        table.add_row(
+            r.pipeline_id,
+            r.version,
+            spec.name or "",
+            str(len(spec.steps)),
+            ", ".join(groups) or "-",
+            str(spec.enabled),
+            when(r.registered_at),
+        )
+    console.print(table)
+
+
+@app.command()
+def info(
+    ctx: typer.Context,
+    pipeline_id: str,
+    version: str | None = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Steps as a tree with dependencies and groups, then a Mermaid graph."""
+    record = state(ctx).client.pipeline(pipeline_id, version)
+    spec = spec_of(record)
+    if as_json:
+        print_json({**record.model_dump(mode="json"), "mermaid": mermaid(spec)})
+        return
+    tree = Tree(f"[bold]{spec.pipeline_id}[/bold] {record.version}: {spec.name or ''}")
+    if spec.description:
+        tree.add(spec.description)
+    steps = tree.add("steps")
+    for s in spec.steps:
+        node = steps.add(
+            f"[bold]{s.id}[/bold] → task {s.task_id}"
+            + (f" [cyan](group {s.parallel_group})[/cyan]" if s.parallel_group else "")
+        )
+        node.add(f"depends on: {', '.join(s.deps) or '-'}")
+        node.add(
+            f"timeout: {s.timeout or 'task default'}, retries: "
+            f"{s.retry_count if s.retry_count is not None else 'task default'}"
+        )
+        for field, path in (s.input_mapping or {}).items():
+            node.add(f"{field} ← {path}", highlight=False)
+    for name, value in (
+        ("input_validation", spec.input_validation),
+        ("output_format", spec.output_format),
+        ("metadata", spec.metadata),
+        ("global_settings", spec.global_settings),
+    ):
+        if value:
+            data = value if isinstance(value, dict) else value.model_dump()
+            branch = tree.add(name)
+            for key, item in data.items():
+                branch.add(f"{key}: {item}", highlight=False)
+    console.print(tree)
+    console.print(Syntax(mermaid(spec), "text", theme="ansi_dark", background_color="default"))
+
+
+@app.command()
+def validate(ctx: typer.Context, file: Path) -> None:
+    """Check a pipeline file against the task registry without registering it."""
+    plans = state(ctx).client.validate_pipelines(file)
+    for plan in plans:
+        console.print(
+            f"[green]valid[/green] {plan.pipeline_id}: " + " → ".join(s.step_id for s in plan.steps)
+        )
+
+
+@app.command()
+def execute(
+    ctx: typer.Context,
+    pipeline_id: str,
+    input_text: str = typer.Argument(
+        ..., metavar="INPUT", help="JSON text, @file.json, or a bare string."
+    ),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    workers: bool = typer.Option(False, "--workers", help="Accepted for the seed; always on."),
+    priority: int | None = typer.Option(None, min=1, max=10),
+    version: str | None = typer.Option(None),
+    timeout: float | None = typer.Option(None, help="Stop waiting after this many seconds."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run a pipeline through the queue; prints its result and per-step timings."""
+    client = state(ctx).client
+    client.pipeline(pipeline_id, version)  # a pipeline, not a task of that name
+    document = parse_input(input_text)
+    if not wait:
+        execution_id = client.submit(pipeline_id, document, priority=priority, version=version)
+        print_json({"execution_id": execution_id}) if as_json else console.print(execution_id)
+        return
+    record = client.run(pipeline_id, document, priority=priority, version=version, timeout=timeout)
+    show_record(record, as_json)
+    if not as_json:
+        from cli.executions import steps_table
+
+        console.print(steps_table(record))
+    if record.status != ExecutionStatus.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    pipeline_id: str,
+    version: str | None = typer.Option(None, help="Only this version (default: all)."),
+) -> None:
+    """Remove a pipeline (or one version) from the records and the object store."""
+    removed = state(ctx).client.delete_pipeline(pipeline_id, version)
+    console.print(f"deleted {pipeline_id}: {', '.join(r.version for r in removed)}")
