@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import console, err_console, print_json, render_result, seconds, state
+from cli.common import console, print_json, render_result, seconds, state
+from cli.executions import steps_table
 from orchestrator import stack
 from orchestrator.errors import ExecutionFailed
 
@@ -49,25 +50,42 @@ def health(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) ->
 
 def demo(
     ctx: typer.Context,
-    image: Path = typer.Option(Path("data/images/astronaut.jpg"), help="Photo to process."),
+    image: Path = typer.Option(Path("data/images/astronaut_grid.jpg"), help="Photo to process."),
     tasks_dir: Path = typer.Option(Path("task_pkgs"), help="Example task packages."),
+    pipelines_dir: Path = typer.Option(Path("pipelines"), help="Built-in pipelines."),
 ) -> None:
-    """Register the example tasks and run face detection on a sample photo."""
-    app = state(ctx)
-    client = app.client
+    """Register the examples and run the face processing pipeline on a sample photo."""
+    client = state(ctx).client
     for folder in sorted(p for p in tasks_dir.iterdir() if (p / "task.json").is_file()):
         record, changed = client.register_task(folder)
         verb = "registered" if changed else "already registered"
-        console.print(f"{verb} {record.task_id} {record.version} ({record.sha256[:12]})")
-    with console.status(f"running face_detection on {image} through the queue"):
-        record = client.run("face_detection", {"image_path": str(image)})
+        console.print(f"{verb} task {record.task_id} {record.version} ({record.sha256[:12]})")
+    for path in sorted(pipelines_dir.glob("*.json")):
+        for pipeline, changed in client.register_pipelines(path):
+            verb = "registered" if changed else "already registered"
+            console.print(f"{verb} pipeline {pipeline.pipeline_id} {pipeline.version}")
+    with console.status(f"running face_processing_pipeline on {image} through the queue"):
+        record = client.run("face_processing_pipeline", {"image_path": str(image)})
     if record.error:
         raise ExecutionFailed(record)
-    render_result(record.result, title=f"face_detection on {image.name}")
+    faces = [
+        {
+            "face_id": f["face_id"],
+            "bbox": f["bbox"],
+            **f.get("attributes", {}),
+            "features": f"{len(f.get('features', []))}-d, first {f['features'][0]:+.3f}"
+            if f.get("features")
+            else "-",
+        }
+        for f in record.result["faces"]
+    ]
+    render_result({"faces": faces}, title="faces")
+    console.print(steps_table(record))
     console.print(
-        f"execution {record.execution_id}: {record.status.value} on {record.worker_id}, "
-        f"queue wait {seconds(record.queue_wait)}, run {seconds(record.duration)}"
+        f"{record.result['summary']['face_count']} face(s) on {image.name}; execution "
+        f"{record.execution_id} {record.status.value} in {seconds(record.duration)} "
+        f"(queue wait {seconds(record.queue_wait)})"
     )
     st = stack.read_state(client.settings)
     if st and st.dashboard_url:
-        err_console.print(f"Ray dashboard: {st.dashboard_url}")
+        console.print(f"Ray dashboard: {st.dashboard_url}")

@@ -29,7 +29,13 @@ from orchestrator.models import (
 )
 from orchestrator.objects import ObjectStore, open_objects
 from orchestrator.pipelines import registry as pipeline_registry
-from orchestrator.pipelines.graph import Plan, check_input, compile_plan, pending_steps
+from orchestrator.pipelines.graph import (
+    Plan,
+    check_input,
+    compile_plan,
+    pending_steps,
+    task_plan,
+)
 from orchestrator.pipelines.spec import load_file
 from orchestrator.records import RecordStore, open_records
 from orchestrator.runner import TaskRunner, validate_input
@@ -204,7 +210,7 @@ class Client:
     ) -> tuple[ExecutionRecord, Plan | None]:
         task = self.records.get_task(target, version)
         if task is not None:
-            return self._new_execution(task, input_data, priority, cwd), None
+            return self._new_execution(task, input_data, priority, cwd), task_plan(task)
         if self.records.get_pipeline(target, version) is not None:
             return self._new_pipeline_execution(target, input_data, priority, version, cwd)
         pinned = f" version {version}" if version else ""

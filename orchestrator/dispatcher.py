@@ -241,14 +241,18 @@ class Dispatcher:
         timeout = self.settings.worker.task_configs.get(task_id, {}).get("timeout")
         return float(timeout) if timeout is not None else None
 
-    async def _task_record(self, task_id: str, version: str | None) -> TaskRecord:
+    async def _task_record(
+        self, task_id: str, version: str | None, sha256: str | None = None
+    ) -> TaskRecord:
+        """A task record, cached; re-read when the job expects other code (--force)."""
         key = (task_id, version)
-        if key not in self._task_records:
-            record = await asyncio.to_thread(self.records.get_task, task_id, version)
-            if record is None:
+        cached = self._task_records.get(key)
+        if cached is None or (sha256 and cached.sha256 != sha256):
+            cached = await asyncio.to_thread(self.records.get_task, task_id, version)
+            if cached is None:
                 raise NotFoundError(f"unknown task {task_id!r} version {version}")
-            self._task_records[key] = record
-        return self._task_records[key]
+            self._task_records[key] = cached
+        return cached
 
     # record and publish --------------------------------------------------------
     def _store_result(self, record: ExecutionRecord) -> None:

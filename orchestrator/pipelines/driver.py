@@ -22,7 +22,7 @@ from orchestrator.pipelines.graph import Plan, PlannedStep, pending_steps
 from orchestrator.runtime.caller import Caller
 from orchestrator.runtime.replica import StepCall
 
-TaskLookup = Callable[[str, str], Awaitable[TaskRecord]]
+TaskLookup = Callable[[str, str, str], Awaitable[TaskRecord]]
 Save = Callable[[ExecutionRecord], Awaitable[None]]
 
 
@@ -70,7 +70,7 @@ class Driver:
                 await self.save(run.record)
                 return
             async with run.slots:
-                task = await self.tasks(step.task_id, step.version)
+                task = await self.tasks(step.task_id, step.version, step.package_sha256)
                 await self._started(run, sr)
                 call = StepCall(step.step_id, step.reads, step.input_mapping, run.plan.caching)
                 upstream = [run.outputs[r] for r in step.reads]

@@ -105,9 +105,18 @@ class Controller:
             self._loop_task = self._background(self._control_loop())
 
     # API for dispatchers and the CLI -----------------------------------------
-    async def replicas(self, task_id: str, version: str) -> tuple[int, dict[str, Any]]:
-        """The routable replicas of a set, starting one (and waiting) if none is."""
+    async def replicas(
+        self, task_id: str, version: str, sha256: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """The routable replicas of a set, starting one (and waiting) if none is.
+
+        ``sha256`` is the package the caller expects: if the version was
+        re-registered (``--force``) the set's replicas are retired and new ones
+        load the new code.
+        """
         rs = await self._set(task_id, version)
+        if sha256 and rs.record.sha256 != sha256:
+            await self._renew(rs)
         rs.last_error = None
         while not rs.ready:
             if rs.last_error:
@@ -255,6 +264,18 @@ class Controller:
             )
             await self._adopt(rs)
         return rs
+
+    async def _renew(self, rs: ReplicaSet) -> None:
+        """Reload a set's task record; if its code changed, drain the old replicas."""
+        record = await asyncio.to_thread(
+            self.records.get_task, rs.record.task_id, rs.record.version
+        )
+        if record is None or record.sha256 == rs.record.sha256:
+            return
+        rs.record, rs.spec = record, TaskSpec.model_validate(record.spec)
+        rs.draining.update(rs.ready)
+        rs.ready.clear()
+        rs.bump()
 
     async def _adopt(self, rs: ReplicaSet) -> None:
         """Take over replicas a previous controller started (they are detached)."""

@@ -33,6 +33,7 @@ class Route:
     demand: int = 0  # calls waiting for or running on this set
     freed: asyncio.Event = field(default_factory=asyncio.Event)
     stale: bool = True
+    sha256: str | None = None  # the package the handles run
 
 
 class Router:
@@ -49,6 +50,8 @@ class Router:
         route = self.routes.setdefault(key, Route())
         route.limit = TaskSpec.model_validate(record.spec).replicas.max_concurrency
         route.demand += 1
+        if route.sha256 != record.sha256:  # re-registered with --force: new replicas
+            route.stale = True
         try:
             while True:
                 if route.stale or not route.handles:
@@ -90,8 +93,11 @@ class Router:
                 route.stale = True
 
     async def _refresh(self, key: str, record: TaskRecord, route: Route) -> None:
-        generation, handles = await self.controller.replicas.remote(record.task_id, record.version)
+        generation, handles = await self.controller.replicas.remote(
+            record.task_id, record.version, record.sha256
+        )
         route.generation, route.handles, route.stale = generation, handles, False
+        route.sha256 = record.sha256
         route.outstanding = {name: route.outstanding.get(name, 0) for name in handles}
         route.freed.set()
 

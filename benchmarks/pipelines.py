@@ -1,0 +1,369 @@
+"""Benchmarks of pipelines and per-job overhead, on an embedded stack of their own.
+
+    .venv/bin/python benchmarks/pipelines.py
+
+Starts a redis-server and a Ray head in a temporary WTM_HOME, runs three
+benchmarks, prints a Markdown table of the results, writes it to
+``benchmarks/results.md`` and stops everything it started.
+
+A. Parallel group vs chain on sleep tasks (0.2 s, then two of 1.0 s).
+B. The face processing pipeline, with its parallel group and as a chain.
+C. Overhead per job: a no-op task through the whole system vs a plain Ray actor call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from orchestrator import Client, stack  # noqa: E402
+from orchestrator.models import ExecutionRecord, ExecutionStatus, StepRecord  # noqa: E402
+from orchestrator.settings import Settings  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results.md"
+IMAGE = ROOT / "data" / "images" / "astronaut_grid.jpg"
+FACE_PIPELINE = ROOT / "pipelines" / "face_processing_pipeline.json"
+
+RUNS = 5  # timed runs per pipeline variant, after one warm-up
+A_SLEEP = 0.2  # seconds step a sleeps
+T = 1.0  # seconds steps b and c sleep
+CALLS = 50  # timed calls per side in benchmark C, after warm-up
+WARMUP_CALLS = 5
+RUN_TIMEOUT_S = 180.0  # a run that takes longer than this is a failure
+
+
+# helpers -------------------------------------------------------------------
+def make_task(folder: Path, task_id: str, body: str, **spec: Any) -> Path:
+    """A task package whose ``Task.process`` has the given body (``time`` imported)."""
+    folder = folder / task_id
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "task_id": task_id,
+        "name": task_id,
+        "version": "1.0.0",
+        "entry_point": "task.Task",
+        "timeout": 60,
+        "max_retries": 0,
+        **spec,
+    }
+    (folder / "task.json").write_text(json.dumps(doc))
+    code = "import time\n\nfrom orchestrator import SimpleTask\n\n\n"
+    code += "class Task(SimpleTask):\n    def process(self, input_data):\n"
+    code += textwrap.indent(textwrap.dedent(body).strip() + "\n", " " * 8)
+    (folder / "task.py").write_text(code)
+    return folder
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def run_once(client: Client, target: str, document: Any) -> tuple[ExecutionRecord, float]:
+    """One execution through the queue: (terminal record, client-side wall seconds)."""
+    started = time.perf_counter()
+    record = client.run(target, document, timeout=RUN_TIMEOUT_S)
+    wall = time.perf_counter() - started
+    if record.status != ExecutionStatus.SUCCEEDED:
+        error = record.error.message if record.error else "no terminal state in time"
+        raise RuntimeError(f"{target}: {record.status.value}: {error}")
+    return record, wall
+
+
+def overlap(a: StepRecord, b: StepRecord) -> float:
+    """Seconds during which both steps were running (by their records)."""
+    if None in (a.started_at, a.finished_at, b.started_at, b.finished_at):
+        return float("nan")
+    return max(0.0, min(a.finished_at, b.finished_at) - max(a.started_at, b.started_at))
+
+
+@dataclass
+class Series:
+    """The timed runs of one pipeline variant."""
+
+    name: str
+    durations: list[float] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)
+    queue_waits: list[float] = field(default_factory=list)
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    overlaps: list[float] = field(default_factory=list)
+    workers: set[tuple[str, str]] = field(default_factory=set)
+
+    def add(self, record: ExecutionRecord, wall: float, pair: tuple[str, str]) -> None:
+        self.durations.append(record.duration or float("nan"))
+        self.walls.append(wall)
+        self.queue_waits.append(record.queue_wait or 0.0)
+        by_id = {s.step_id: s for s in record.steps}
+        for s in record.steps:
+            self.steps.setdefault(s.step_id, []).append(s.duration or float("nan"))
+            self.workers.add((s.step_id, s.worker_id or "?"))
+        self.overlaps.append(overlap(by_id[pair[0]], by_id[pair[1]]))
+
+    def step(self, step_id: str) -> float:
+        return median(self.steps[step_id])
+
+
+def run_series(
+    client: Client, pipeline_id: str, document: Any, pair: tuple[str, str], runs: int = RUNS
+) -> Series:
+    run_once(client, pipeline_id, document)  # warm-up: replicas start on demand
+    series = Series(pipeline_id)
+    for _ in range(runs):
+        record, wall = run_once(client, pipeline_id, document)
+        series.add(record, wall, pair)
+    return series
+
+
+def write_pipelines(path: Path, pipelines: list[dict], global_settings: dict) -> Path:
+    """A pipeline file in the seed's format: ``{"pipelines": {...}, "global_settings"}``."""
+    doc = {"pipelines": {p["pipeline_id"]: p for p in pipelines}, "global_settings": global_settings}
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+# benchmark A ---------------------------------------------------------------
+def bench_sleep(client: Client, work: Path) -> dict[str, Any]:
+    pkgs = work / "pkgs"
+    bc = {"replicas": {"min": 0, "max": 1, "max_concurrency": 1}}
+    make_task(pkgs, "sleep_a", f"time.sleep({A_SLEEP})\nreturn {{'slept': {A_SLEEP}}}")
+    make_task(pkgs, "sleep_b", f"time.sleep({T})\nreturn {{'slept': {T}}}", **bc)
+    make_task(pkgs, "sleep_c", f"time.sleep({T})\nreturn {{'slept': {T}}}", **bc)
+    for task_id in ("sleep_a", "sleep_b", "sleep_c"):
+        client.register_task(pkgs / task_id)
+
+    def pipeline(pipeline_id: str, c_deps: list[str], group: str | None) -> dict:
+        return {
+            "pipeline_id": pipeline_id,
+            "steps": [
+                {"step_id": "a", "task_id": "sleep_a"},
+                {"step_id": "b", "task_id": "sleep_b", "depends_on": ["a"], "parallel_group": group},
+                {"step_id": "c", "task_id": "sleep_c", "depends_on": c_deps, "parallel_group": group},
+            ],
+        }
+
+    no_cache = {"enable_caching": False}
+    client.register_pipelines(
+        write_pipelines(work / "sleep_parallel.json", [pipeline("sleep_par", ["a"], "g")], no_cache)
+    )
+    client.register_pipelines(
+        write_pipelines(work / "sleep_chain.json", [pipeline("sleep_seq", ["b"], None)], no_cache)
+    )
+    parallel = run_series(client, "sleep_par", {}, ("b", "c"))
+    chain = run_series(client, "sleep_seq", {}, ("b", "c"))
+    return {"parallel": parallel, "chain": chain}
+
+
+# benchmark B ---------------------------------------------------------------
+def bench_face(client: Client, work: Path) -> dict[str, Any]:
+    for folder in sorted(p for p in (ROOT / "task_pkgs").iterdir() if (p / "task.json").exists()):
+        client.register_task(folder)
+    client.register_pipelines(FACE_PIPELINE)  # as shipped (caching on); not run here
+    seed = json.loads(FACE_PIPELINE.read_text())
+    original = seed["pipelines"]["face_processing_pipeline"]
+    parallel = {**json.loads(json.dumps(original)), "pipeline_id": "face_bench_parallel"}
+    chain = {**json.loads(json.dumps(original)), "pipeline_id": "face_bench_chain"}
+    for step in chain["steps"]:
+        if step["step_id"] == "attributes":
+            step["parallel_group"] = None
+        if step["step_id"] == "features":
+            step["depends_on"], step["parallel_group"] = ["attributes"], None
+    no_cache = {**seed.get("global_settings", {}), "enable_caching": False}
+    client.register_pipelines(write_pipelines(work / "face_bench.json", [parallel, chain], no_cache))
+    document = {"image_path": str(IMAGE)}
+    pair = ("attributes", "features")
+    par = run_series(client, "face_bench_parallel", document, pair)
+    seq = run_series(client, "face_bench_chain", document, pair)
+    faces = client.executions(limit=1, target="face_bench_chain")[0].result
+    face_count = len(faces.get("faces", [])) if isinstance(faces, dict) else None
+    return {"parallel": par, "chain": seq, "face_count": face_count}
+
+
+# benchmark C ---------------------------------------------------------------
+class Noop:
+    """The plain Ray actor peer of the ``sleep0`` task."""
+
+    def f(self) -> dict:
+        return {}
+
+
+def bench_overhead(client: Client, work: Path, settings: Settings) -> dict[str, Any]:
+    import ray
+
+    client.register_task(make_task(work / "pkgs", "sleep0", "return {}"))
+    for _ in range(WARMUP_CALLS):
+        run_once(client, "sleep0", {})
+    system, durations, waits = [], [], []
+    for _ in range(CALLS):
+        record, wall = run_once(client, "sleep0", {})
+        system.append(wall)
+        durations.append(record.duration or float("nan"))
+        waits.append(record.queue_wait or 0.0)
+
+    stack.connect_ray(settings)
+    actor = ray.remote(Noop).remote()
+    for _ in range(WARMUP_CALLS):
+        ray.get(actor.f.remote())
+    direct = []
+    for _ in range(CALLS):
+        started = time.perf_counter()
+        ray.get(actor.f.remote())
+        direct.append(time.perf_counter() - started)
+    ray.kill(actor)
+    return {
+        "system": median(system),
+        "system_p90": statistics.quantiles(system, n=10)[-1],
+        "duration": median(durations),
+        "queue_wait": median(waits),
+        "direct": median(direct),
+        "direct_p90": statistics.quantiles(direct, n=10)[-1],
+    }
+
+
+# report --------------------------------------------------------------------
+def report(a: dict, b: dict, c: dict, elapsed: float) -> str:
+    ms = 1000.0
+    pa, sa = a["parallel"], a["chain"]
+    pb, sb = b["parallel"], b["chain"]
+    ideal_par_b = pb.step("detection") + max(pb.step("attributes"), pb.step("features"))
+    ideal_par_b += pb.step("merge")
+    ideal_seq_b = sum(sb.step(s) for s in ("detection", "attributes", "features", "merge"))
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}, Ray {_ray_version()}, {platform.system()}. "
+        f"Medians of {RUNS} runs after a warm-up (A, B) and of {CALLS} calls (C). "
+        f"Whole script: {elapsed:.0f} s.",
+        "",
+        "## A. Parallel group vs chain (sleep tasks: a 0.2 s, then b and c 1.0 s each)",
+        "",
+        "| variant | ideal (s) | record duration (s) | client wall (s) | queue wait (s) "
+        "| b∥c overlap (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+        _row_a("parallel (b, c in group g)", A_SLEEP + T, pa),
+        _row_a("chain (c after b)", A_SLEEP + 2 * T, sa),
+        "",
+        f"Speedup chain/parallel: {median(sa.durations) / median(pa.durations):.2f}x "
+        f"by record duration (ideal {(A_SLEEP + 2 * T) / (A_SLEEP + T):.2f}x); "
+        f"{median(sa.walls) / median(pa.walls):.2f}x by client wall.",
+        "",
+        "## B. Face processing pipeline (astronaut_grid.jpg, caching off)",
+        "",
+        "| variant | ideal from its steps (s) | record duration (s) | client wall (s) "
+        "| detection | attributes | features | merge | attributes∥features overlap (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        _row_b("parallel (group face_analysis)", ideal_par_b, pb),
+        _row_b("chain (features after attributes)", ideal_seq_b, sb),
+        "",
+        f"Speedup chain/parallel: {median(sb.durations) / median(pb.durations):.2f}x "
+        f"by record duration, {median(sb.walls) / median(pb.walls):.2f}x by client wall "
+        f"(faces found: {b['face_count']}). Step columns are median step durations (s).",
+        "",
+        "## C. Overhead per job (no-op task)",
+        "",
+        "| path | median latency (ms) | p90 (ms) |",
+        "|---|---:|---:|",
+        f"| `client.run('sleep0', {{}})` (client → Redis → dispatcher → replica → records "
+        f"→ event) | {c['system'] * ms:.1f} | {c['system_p90'] * ms:.1f} |",
+        f"| `ray.get(actor.f.remote())` on a plain Ray actor | {c['direct'] * ms:.2f} "
+        f"| {c['direct_p90'] * ms:.2f} |",
+        f"| **overhead per job** (difference) | **{(c['system'] - c['direct']) * ms:.1f}** | |",
+        "",
+        f"Ratio system/direct: {c['system'] / c['direct']:.0f}x. Inside the system run: "
+        f"record duration (dispatcher start to finish) {c['duration'] * ms:.1f} ms, "
+        f"queue wait (submit to dispatcher start) {c['queue_wait'] * ms:.1f} ms.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _row_a(name: str, ideal: float, s: Series) -> str:
+    return (
+        f"| {name} | {ideal:.2f} | {median(s.durations):.3f} | {median(s.walls):.3f} "
+        f"| {median(s.queue_waits):.3f} | {median(s.overlaps):.3f} |"
+    )
+
+
+def _row_b(name: str, ideal: float, s: Series) -> str:
+    steps = " | ".join(f"{s.step(x):.3f}" for x in ("detection", "attributes", "features", "merge"))
+    return (
+        f"| {name} | {ideal:.3f} | {median(s.durations):.3f} | {median(s.walls):.3f} "
+        f"| {steps} | {median(s.overlaps):.3f} |"
+    )
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def _leftovers(home: Path) -> list[str]:
+    """Processes still running whose command line names this home (should be none)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if str(home) in cmdline and proc.pid != os.getpid():
+                found.append(f"{proc.pid} {cmdline[:100]}")
+    return found
+
+
+def main() -> int:
+    for var in [v for v in os.environ if v.startswith("WTM_")]:
+        del os.environ[var]  # this benchmark runs on its own embedded stack only
+    home = Path(tempfile.mkdtemp(prefix="wtmb-", dir="/tmp"))
+    settings = Settings(home=home)
+    started = time.perf_counter()
+    client = None
+    try:
+        print(f"starting the embedded stack in {home} ...", file=sys.stderr, flush=True)
+        stack.up(settings)
+        resolved = stack.resolve(settings)
+        client = Client(resolved)
+        work = home / "work"
+        print("A: parallel group vs chain (sleep tasks) ...", file=sys.stderr, flush=True)
+        a = bench_sleep(client, work)
+        # C runs before B: its replica and actor ask Ray for the default 1 CPU to be
+        # placed, which the face replicas' fractional CPUs may no longer leave free.
+        print("C: overhead per job ...", file=sys.stderr, flush=True)
+        c = bench_overhead(client, work, resolved)
+        print("B: face processing pipeline ...", file=sys.stderr, flush=True)
+        b = bench_face(client, work)
+        text = report(a, b, c, time.perf_counter() - started)
+    finally:
+        if client is not None:
+            client.close()
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.shutdown()
+        stack.down(settings)
+        stray = _leftovers(home)
+        shutil.rmtree(home, ignore_errors=True)
+    print(text)
+    RESULTS.write_text(text)
+    if stray:
+        print("processes left running:\n" + "\n".join(stray), file=sys.stderr)
+        return 1
+    print(f"stack stopped; wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Pipelines through the queue on the session's stack: the issue's 'done when' list."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from orchestrator import templates
+from orchestrator.errors import NotFoundError, SpecError
+from orchestrator.models import ExecutionStatus
+from tests.conftest import IMAGES, ROOT, TASK_PKGS, make_task
+
+runner = CliRunner()
+GRID = str(IMAGES / "astronaut_grid.jpg")
+
+
+@pytest.fixture(scope="module")
+def face_client(client):
+    for folder in sorted(TASK_PKGS.iterdir()):
+        if (folder / "task.json").is_file():
+            client.register_task(folder)
+    for path in sorted((ROOT / "pipelines").glob("*.json")):
+        client.register_pipelines(path)
+    return client
+
+
+def register(client, tmp_path, pipeline: dict) -> str:
+    path = tmp_path / f"{pipeline['pipeline_id']}.json"
+    path.write_text(json.dumps(pipeline))
+    client.register_pipelines(path)
+    return pipeline["pipeline_id"]
+
+
+def test_face_pipeline_returns_every_face_with_attributes_and_features(face_client):
+    record = face_client.run("face_processing_pipeline", {"image_path": GRID})
+
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    faces = record.result["faces"]
+    assert len(faces) == 4
+    for face in faces:
+        assert {"face_id", "bbox", "attributes", "features"} <= set(face)
+        assert len(face["features"]) == 128
+        assert face["attributes"]["eyes"] >= 0
+    summary = record.result["summary"]
+    assert summary["face_count"] == 4
+    assert set(summary["step_times"]) == {"detection", "attributes", "features", "merge"}
+    assert summary["total_time"] > 0
+    steps = {s.step_id: s for s in record.steps}
+    # a step starts only after its dependencies finished
+    assert steps["attributes"].started_at >= steps["detection"].finished_at
+    assert steps["merge"].started_at >= max(
+        steps["attributes"].finished_at, steps["features"].finished_at
+    )
+
+
+def test_face_pipeline_on_a_photo_without_faces(face_client):
+    record = face_client.run("face_processing_pipeline", {"image_path": str(IMAGES / "coffee.jpg")})
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    assert record.result["faces"] == [] and record.result["summary"]["face_count"] == 0
+
+
+def test_steps_of_a_parallel_group_overlap(client, tmp_path):
+    sleepy = 'import time\ntime.sleep(1.0)\nreturn {"slept": True}'
+    for name in ("par_b", "par_c"):
+        client.register_task(make_task(tmp_path, name, sleepy))
+    client.register_task(make_task(tmp_path, "par_a", 'return {"a": 1}'))
+    pid = register(
+        client,
+        tmp_path,
+        {
+            "pipeline_id": "overlap",
+            "steps": [
+                {"task_id": "par_a"},
+                {"task_id": "par_b", "depends_on": ["par_a"], "parallel_group": "g"},
+                {"task_id": "par_c", "depends_on": ["par_a"], "parallel_group": "g"},
+            ],
+        },
+    )
+    record = client.run(pid, {})
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    steps = {s.step_id: s for s in record.steps}
+    b, c = steps["par_b"], steps["par_c"]
+    assert b.started_at < c.finished_at and c.started_at < b.finished_at  # intervals intersect
+    assert record.result == {"par_b": {"slept": True}, "par_c": {"slept": True}}  # two sinks
+
+
+def test_unmapped_step_gets_the_input_merged_with_its_dependencies(client, tmp_path):
+    client.register_task(make_task(tmp_path, "emit", 'return {"value": 42}'))
+    client.register_task(make_task(tmp_path, "echo", "return {'seen': input_data}"))
+    pid = register(
+        client,
+        tmp_path,
+        {
+            "pipeline_id": "merge_input",
+            "steps": [{"task_id": "emit"}, {"task_id": "echo", "depends_on": ["emit"]}],
+        },
+    )
+    record = client.run(pid, {"user": "ada"})
+    assert record.result == {"seen": {"user": "ada", "emit": {"value": 42}}}
+
+
+def test_a_failing_middle_step_skips_its_dependents(client, tmp_path):
+    client.register_task(make_task(tmp_path, "first", 'return {"ok": 1}'))
+    client.register_task(make_task(tmp_path, "breaks", 'raise FatalError("model file corrupt")'))
+    client.register_task(make_task(tmp_path, "after", 'return {"never": True}'))
+    pid = register(
+        client,
+        tmp_path,
+        {
+            "pipeline_id": "breaking",
+            "steps": [
+                {"task_id": "first"},
+                {"task_id": "breaks", "depends_on": ["first"]},
+                {"task_id": "after", "depends_on": ["breaks"]},
+            ],
+        },
+    )
+    record = client.run(pid, {})
+    assert record.status == ExecutionStatus.FAILED
+    assert record.error.step == "breaks"
+    assert "breaks" in record.error.message and "model file corrupt" in record.error.message
+    status = {s.step_id: s.status for s in record.steps}
+    assert status == {"first": "succeeded", "breaks": "failed", "after": "skipped"}
+
+
+def test_a_step_that_fails_once_is_retried(client, tmp_path):
+    body = """
+    type(self).calls += 1
+    if type(self).calls == 1:
+        raise RetryableError("cold cache")
+    return {"calls": type(self).calls}
+    """
+    client.register_task(make_task(tmp_path, "flaky_step", body))
+    pid = register(
+        client,
+        tmp_path,
+        {"pipeline_id": "retrying", "steps": [{"task_id": "flaky_step", "retry_count": 2}]},
+    )
+    record = client.run(pid, {})
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    assert record.steps[0].attempts == 2
+
+
+def test_caching_reuses_step_results_until_the_code_changes(client, tmp_path):
+    folder = make_task(tmp_path, "cached_step", 'return {"v": input_data["x"] * 2}')
+    client.register_task(folder)
+    pid = register(
+        client,
+        tmp_path,
+        {
+            "pipeline_id": "cached",
+            "steps": [{"task_id": "cached_step"}],
+            "global_settings": {"enable_caching": True},
+        },
+    )
+
+    first = client.run(pid, {"x": 21})
+    second = client.run(pid, {"x": 21})
+    assert first.result == second.result == {"v": 42}
+    assert [s.cache_hit for s in first.steps] == [False]
+    assert [s.cache_hit for s in second.steps] == [True]
+
+    (folder / "task.py").write_text((folder / "task.py").read_text().replace("* 2", "* 3"))
+    client.register_task(folder, force=True)
+    third = client.run(pid, {"x": 21})
+    assert third.result == {"v": 63} and not third.steps[0].cache_hit
+
+
+def test_bad_pipeline_input_is_rejected_before_anything_is_queued(face_client):
+    before = len(face_client.executions(limit=10_000))
+    with pytest.raises(SpecError, match="missing required field 'image_path'"):
+        face_client.run("face_processing_pipeline", {"image_data": "x"})
+    with pytest.raises(SpecError, match="format 'gif'"):
+        face_client.run("face_processing_pipeline", {"image_path": "photo.gif"})
+    with pytest.raises(NotFoundError, match="unknown task or pipeline 'nope_pipeline'"):
+        face_client.run("nope_pipeline", {})
+    assert len(face_client.executions(limit=10_000)) == before
+
+
+def test_seed_custom_pipeline_after_task_create(face_client, tmp_path, cli_env):
+    face_client.register_task(templates.create("my_custom_task", "ml", "A", tmp_path))
+    config = {
+        "pipelines": {
+            "my_custom_pipeline": {
+                "pipeline_id": "my_custom_pipeline",
+                "name": "My Custom Pipeline",
+                "description": "Custom processing workflow",
+                "enabled": True,
+                "steps": [
+                    {"task_id": "face_detection", "timeout": 30, "retry_count": 3},
+                    {
+                        "task_id": "my_custom_task",
+                        "depends_on": ["face_detection"],
+                        "timeout": 60,
+                        "retry_count": 2,
+                    },
+                ],
+            }
+        }
+    }
+    path = tmp_path / "my_pipeline.json"
+    path.write_text(json.dumps(config))
+
+    registered = runner.invoke(app, ["pipeline", "register", "--json-config", str(path)])
+    assert registered.exit_code == 0, registered.output
+    result = runner.invoke(
+        app,
+        [
+            "pipeline",
+            "execute",
+            "my_custom_pipeline",
+            json.dumps({"image_path": GRID}),
+            "--workers",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["status"] == "succeeded"
+    assert record["result"]["prediction"] in ("positive", "negative")
+
+
+def test_pipeline_cli_list_info_validate(face_client, cli_env, tmp_path):
+    listed = json.loads(runner.invoke(app, ["pipeline", "list", "--json"]).stdout)
+    assert {"face_processing_pipeline", "simple_face_pipeline"} <= {
+        p["pipeline_id"] for p in listed
+    }
+    info = runner.invoke(app, ["pipeline", "info", "face_processing_pipeline"])
+    assert info.exit_code == 0
+    assert "flowchart TD" in info.stdout and "subgraph face_analysis" in info.stdout
+    cyclic = tmp_path / "cyclic.json"
+    cyclic.write_text(
+        json.dumps(
+            {
+                "pipeline_id": "cyc",
+                "steps": [
+                    {"task_id": "face_detection", "step_id": "x", "depends_on": ["y"]},
+                    {"task_id": "face_detection", "step_id": "y", "depends_on": ["x"]},
+                ],
+            }
+        )
+    )
+    bad = runner.invoke(app, ["pipeline", "validate", str(cyclic)])
+    assert bad.exit_code == 2 and "dependency cycle x -> y -> x" in bad.stderr
+    good = runner.invoke(
+        app, ["pipeline", "validate", str(ROOT / "pipelines" / "face_processing_pipeline.json")]
+    )
+    assert good.exit_code == 0 and "detection → attributes → features → merge" in good.stdout
+    assert runner.invoke(app, ["pipeline", "info", "cyc"]).exit_code == 3  # nothing stored
