@@ -15,11 +15,8 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import psutil
 import redis
 from pydantic import BaseModel
 
-from orchestrator import keys
+from orchestrator import keys, processes
 from orchestrator.errors import StackError
 from orchestrator.settings import Settings
 
@@ -90,7 +87,7 @@ def is_up(settings: Settings) -> bool:
         return False
     if settings.redis.url is None and not _redis_ok(state.redis_url):
         return False
-    return settings.ray.address is not None or _port_open(state.gcs_port)
+    return settings.ray.address is not None or processes.port_open(state.gcs_port)
 
 
 def ensure(settings: Settings, notify: Notify | None = None) -> Settings:
@@ -175,12 +172,14 @@ def health(settings: Settings) -> list[Component]:
     )
     address = resolved.ray.address or ""
     port = state.gcs_port if state else None
-    ray_ok = _port_open(port) if port else bool(address)
+    ray_ok = processes.port_open(port) if port else bool(address)
     out.append(Component(name="ray", ok=ray_ok, detail=f"gcs {address}"))
     if state and state.dashboard_url:
         out.append(
             Component(
-                name="dashboard", ok=_http_ok(state.dashboard_url), detail=state.dashboard_url
+                name="dashboard",
+                ok=processes.http_ok(state.dashboard_url),
+                detail=state.dashboard_url,
             )
         )
     alive = _live_dispatchers(url)
@@ -207,7 +206,7 @@ def redis_binary() -> str:
 def _start_redis(settings: Settings, state: StackState) -> None:
     folder = settings.home / "redis"
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = processes.free_port()
     pidfile = folder / "redis.pid"
     pidfile.unlink(missing_ok=True)
     cmd = [
@@ -229,9 +228,11 @@ def _start_redis(settings: Settings, state: StackState) -> None:
         "--save",
         "",
     ]
-    _run(cmd, "redis-server")
+    processes.run(cmd, "redis-server")
     url = f"redis://127.0.0.1:{port}/0"
-    _wait_for(lambda: _redis_ok(url) and pidfile.exists(), "redis-server", folder / "redis.log")
+    processes.wait_for(
+        lambda: _redis_ok(url) and pidfile.exists(), "redis-server", folder / "redis.log"
+    )
     state.redis_url, state.redis_pid = url, int(pidfile.read_text().strip())
     state.ports["redis"] = port
 
@@ -262,7 +263,7 @@ def _ray_binary() -> str:
 
 def _start_ray(settings: Settings, state: StackState) -> None:
     temp_dir = _ray_temp_dir(settings.home)
-    gcs, dashboard, client, agent = free_ports(4)
+    gcs, dashboard, client, agent = processes.free_ports(4)
     cmd = [
         _ray_binary(),
         "start",
@@ -288,7 +289,7 @@ def _start_ray(settings: Settings, state: StackState) -> None:
     if settings.ray.num_cpus is not None:
         cmd += ["--num-cpus", str(settings.ray.num_cpus)]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    output = _run(cmd, "ray start", env=env, timeout=120)
+    output = processes.run(cmd, "ray start", env=env, timeout=120)
     match = re.search(r"ray start --address='([^']+)'", output)
     state.ray_address = match.group(1) if match else f"127.0.0.1:{gcs}"
     state.ray_temp_dir, state.gcs_port = str(temp_dir), gcs
@@ -332,116 +333,22 @@ def _kill_actors(settings: Settings) -> None:
 # processes -----------------------------------------------------------------
 def _stack_processes(state: StackState) -> list[psutil.Process]:
     """Processes this stack started: its redis, and every Ray process of its head."""
-    found: dict[int, psutil.Process] = {}
-    if state.redis_pid:
-        with contextlib.suppress(psutil.Error):
-            found[state.redis_pid] = psutil.Process(state.redis_pid)
     markers = []
     if state.ray_temp_dir:
-        markers.append(re.compile(re.escape(state.ray_temp_dir)))
+        markers.append(re.escape(state.ray_temp_dir))
     if state.gcs_port:
-        markers.append(re.compile(rf":{state.gcs_port}\b"))
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if markers and any(m.search(cmdline) for m in markers):
-            found[proc.pid] = proc
-    for proc in list(found.values()):
-        with contextlib.suppress(psutil.Error):
-            for child in proc.children(recursive=True):
-                found[child.pid] = child
-    me = os.getpid()
-    return [p for p in found.values() if p.pid != me and _alive(p)]
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        markers.append(rf":{state.gcs_port}\b")
+    return processes.matching([state.redis_pid] if state.redis_pid else [], markers)
 
 
 def _stop_processes(state: StackState | None) -> list[str]:
-    if state is None:
-        return []
-    procs = _stack_processes(state)
-    names = sorted({_name(p) for p in procs})
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=5)
-    return names
-
-
-def _name(proc: psutil.Process) -> str:
-    with contextlib.suppress(psutil.Error):
-        return proc.name()
-    return str(proc.pid)
+    return processes.stop(_stack_processes(state)) if state else []
 
 
 def stack_pids(settings: Settings) -> list[int]:
     """Live pids of this home's stack (for tests and `wtm health`)."""
     state = read_state(settings)
     return [p.pid for p in _stack_processes(state)] if state else []
-
-
-# helpers -------------------------------------------------------------------
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports from the kernel's ephemeral range."""
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def _port_open(port: int | None) -> bool:
-    if not port:
-        return False
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-        return True
-    return False
-
-
-def _http_ok(url: str) -> bool:
-    with contextlib.suppress(Exception), urllib.request.urlopen(url, timeout=2) as r:
-        return r.status < 500
-    return False
-
-
-def _run(cmd: list[str], what: str, env: dict | None = None, timeout: float = 60) -> str:
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise StackError(f"{what} could not start: {e}") from e
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise StackError(f"{what} failed: {tail[0]}")
-    return done.stdout + done.stderr
-
-
-def _wait_for(check: Callable[[], bool], what: str, log: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise StackError(f"{what} did not come up within {timeout:g}s; see {log}")
 
 
 def _check(name: str, probe: Callable[[], object], detail: str) -> Component:
