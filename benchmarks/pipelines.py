@@ -23,6 +23,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,41 +98,59 @@ class Series:
     """The timed runs of one pipeline variant."""
 
     name: str
+    critical: Callable[[dict[str, float]], float]  # step durations -> critical path (s)
+    pair: tuple[str, str]  # the two steps whose overlap is measured
+    cold: float = float("nan")  # the warm-up run's record duration (replicas starting)
     durations: list[float] = field(default_factory=list)
     walls: list[float] = field(default_factory=list)
     queue_waits: list[float] = field(default_factory=list)
+    paths: list[float] = field(default_factory=list)
     steps: dict[str, list[float]] = field(default_factory=dict)
     overlaps: list[float] = field(default_factory=list)
     workers: set[tuple[str, str]] = field(default_factory=set)
 
-    def add(self, record: ExecutionRecord, wall: float, pair: tuple[str, str]) -> None:
+    def add(self, record: ExecutionRecord, wall: float) -> None:
         self.durations.append(record.duration or float("nan"))
         self.walls.append(wall)
         self.queue_waits.append(record.queue_wait or 0.0)
         by_id = {s.step_id: s for s in record.steps}
-        for s in record.steps:
-            self.steps.setdefault(s.step_id, []).append(s.duration or float("nan"))
-            self.workers.add((s.step_id, s.worker_id or "?"))
-        self.overlaps.append(overlap(by_id[pair[0]], by_id[pair[1]]))
+        times = {s.step_id: s.duration or float("nan") for s in record.steps}
+        for step_id, seconds in times.items():
+            self.steps.setdefault(step_id, []).append(seconds)
+        self.workers.update((s.step_id, s.worker_id or "?") for s in record.steps)
+        self.paths.append(self.critical(times))
+        self.overlaps.append(overlap(by_id[self.pair[0]], by_id[self.pair[1]]))
+
+    def replicas(self, *step_ids: str) -> str:
+        """Which replicas ran these steps, e.g. ``b: wtm:sleep_b@1.0.0#0``."""
+        return "; ".join(
+            f"{step}: {', '.join(sorted(w for s, w in self.workers if s == step))}"
+            for step in step_ids
+        )
 
     def step(self, step_id: str) -> float:
         return median(self.steps[step_id])
 
+    def after(self, step_id: str) -> float:
+        """Median of (record duration - that step's duration), per run."""
+        return median([d - s for d, s in zip(self.durations, self.steps[step_id], strict=True)])
 
-def run_series(
-    client: Client, pipeline_id: str, document: Any, pair: tuple[str, str], runs: int = RUNS
-) -> Series:
-    run_once(client, pipeline_id, document)  # warm-up: replicas start on demand
-    series = Series(pipeline_id)
+
+def run_pair(client: Client, document: Any, *series: Series, runs: int = RUNS) -> None:
+    """Warm each variant up once, then alternate them, so drift hits both alike."""
+    for s in series:
+        s.cold = run_once(client, s.name, document)[0].duration or float("nan")
     for _ in range(runs):
-        record, wall = run_once(client, pipeline_id, document)
-        series.add(record, wall, pair)
-    return series
+        for s in series:
+            s.add(*run_once(client, s.name, document))
 
 
 def write_pipelines(path: Path, pipelines: list[dict], global_settings: dict) -> Path:
     """A pipeline file in the seed's format: ``{"pipelines": {...}, "global_settings"}``."""
-    doc = {"pipelines": {p["pipeline_id"]: p for p in pipelines}, "global_settings": global_settings}
+    doc = {
+        "pipelines": {p["pipeline_id"]: p for p in pipelines},
+        "global_settings": global_settings,
+    }
     path.write_text(json.dumps(doc, indent=2))
     return path
 
@@ -151,8 +170,18 @@ def bench_sleep(client: Client, work: Path) -> dict[str, Any]:
             "pipeline_id": pipeline_id,
             "steps": [
                 {"step_id": "a", "task_id": "sleep_a"},
-                {"step_id": "b", "task_id": "sleep_b", "depends_on": ["a"], "parallel_group": group},
-                {"step_id": "c", "task_id": "sleep_c", "depends_on": c_deps, "parallel_group": group},
+                {
+                    "step_id": "b",
+                    "task_id": "sleep_b",
+                    "depends_on": ["a"],
+                    "parallel_group": group,
+                },
+                {
+                    "step_id": "c",
+                    "task_id": "sleep_c",
+                    "depends_on": c_deps,
+                    "parallel_group": group,
+                },
             ],
         }
 
@@ -163,8 +192,9 @@ def bench_sleep(client: Client, work: Path) -> dict[str, Any]:
     client.register_pipelines(
         write_pipelines(work / "sleep_chain.json", [pipeline("sleep_seq", ["b"], None)], no_cache)
     )
-    parallel = run_series(client, "sleep_par", {}, ("b", "c"))
-    chain = run_series(client, "sleep_seq", {}, ("b", "c"))
+    parallel = Series("sleep_par", lambda t: t["a"] + max(t["b"], t["c"]), ("b", "c"))
+    chain = Series("sleep_seq", lambda t: t["a"] + t["b"] + t["c"], ("b", "c"))
+    run_pair(client, {}, parallel, chain)
     return {"parallel": parallel, "chain": chain}
 
 
@@ -183,11 +213,18 @@ def bench_face(client: Client, work: Path) -> dict[str, Any]:
         if step["step_id"] == "features":
             step["depends_on"], step["parallel_group"] = ["attributes"], None
     no_cache = {**seed.get("global_settings", {}), "enable_caching": False}
-    client.register_pipelines(write_pipelines(work / "face_bench.json", [parallel, chain], no_cache))
+    client.register_pipelines(
+        write_pipelines(work / "face_bench.json", [parallel, chain], no_cache)
+    )
     document = {"image_path": str(IMAGE)}
     pair = ("attributes", "features")
-    par = run_series(client, "face_bench_parallel", document, pair)
-    seq = run_series(client, "face_bench_chain", document, pair)
+    par = Series(
+        "face_bench_parallel",
+        lambda t: t["detection"] + max(t["attributes"], t["features"]) + t["merge"],
+        pair,
+    )
+    seq = Series("face_bench_chain", lambda t: sum(t.values()), pair)
+    run_pair(client, document, par, seq)
     faces = client.executions(limit=1, target="face_bench_chain")[0].result
     face_count = len(faces.get("faces", [])) if isinstance(faces, dict) else None
     return {"parallel": par, "chain": seq, "face_count": face_count}
@@ -235,75 +272,91 @@ def bench_overhead(client: Client, work: Path, settings: Settings) -> dict[str, 
 
 
 # report --------------------------------------------------------------------
-def report(a: dict, b: dict, c: dict, elapsed: float) -> str:
+def report(a: dict, b: dict, c: dict, elapsed: float, load: tuple[float, float]) -> str:
     ms = 1000.0
     pa, sa = a["parallel"], a["chain"]
     pb, sb = b["parallel"], b["chain"]
-    ideal_par_b = pb.step("detection") + max(pb.step("attributes"), pb.step("features"))
-    ideal_par_b += pb.step("merge")
-    ideal_seq_b = sum(sb.step(s) for s in ("detection", "attributes", "features", "merge"))
     lines = [
         "# Benchmark results",
         "",
         f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}, Ray {_ray_version()}, {platform.system()}. "
-        f"Medians of {RUNS} runs after a warm-up (A, B) and of {CALLS} calls (C). "
-        f"Whole script: {elapsed:.0f} s.",
+        f"Medians of {RUNS} runs per variant after one warm-up each, the two variants "
+        f"alternating (A, B), and of {CALLS} calls after {WARMUP_CALLS} warm-up calls (C). "
+        f"Whole script: {elapsed:.0f} s. Load average (1 min) at start {load[0]:.1f}, "
+        f"at end {load[1]:.1f}: other processes on the machine share its cores.",
         "",
-        "## A. Parallel group vs chain (sleep tasks: a 0.2 s, then b and c 1.0 s each)",
+        "Record duration: the execution record's `duration` (dispatcher start to finish). "
+        "Client wall: `client.run` as the caller sees it (validate, record, enqueue, wait "
+        "for the event, read the record). Critical path: the longest chain of the run's "
+        "own step durations; duration minus critical path is what the system adds "
+        "between steps.",
         "",
-        "| variant | ideal (s) | record duration (s) | client wall (s) | queue wait (s) "
-        "| b∥c overlap (s) |",
-        "|---|---:|---:|---:|---:|---:|",
-        _row_a("parallel (b, c in group g)", A_SLEEP + T, pa),
-        _row_a("chain (c after b)", A_SLEEP + 2 * T, sa),
+        f"## A. Parallel group vs chain (sleep tasks: a {A_SLEEP} s, then b and c {T} s each)",
         "",
-        f"Speedup chain/parallel: {median(sa.durations) / median(pa.durations):.2f}x "
-        f"by record duration (ideal {(A_SLEEP + 2 * T) / (A_SLEEP + T):.2f}x); "
-        f"{median(sa.walls) / median(pa.walls):.2f}x by client wall.",
+        "| variant | ideal (s) | record duration (s) | client wall (s) | critical path of "
+        "its steps (s) | queue wait (s) | b, c overlap (s) | first run, cold (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        _row_a(f"parallel: b, c in one group (ideal A+T = {A_SLEEP}+{T})", A_SLEEP + T, pa),
+        _row_a(f"chain: c after b (ideal A+2T = {A_SLEEP}+2x{T})", A_SLEEP + 2 * T, sa),
+        "",
+        f"Speedup chain/parallel: **{_ratio(sa.durations, pa.durations):.2f}x** by record "
+        f"duration, {_ratio(sa.walls, pa.walls):.2f}x by client wall "
+        f"(ideal {(A_SLEEP + 2 * T) / (A_SLEEP + T):.2f}x). Replicas, parallel variant: "
+        f"{pa.replicas('b', 'c')}.",
         "",
         "## B. Face processing pipeline (astronaut_grid.jpg, caching off)",
         "",
-        "| variant | ideal from its steps (s) | record duration (s) | client wall (s) "
-        "| detection | attributes | features | merge | attributes∥features overlap (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        _row_b("parallel (group face_analysis)", ideal_par_b, pb),
-        _row_b("chain (features after attributes)", ideal_seq_b, sb),
+        "| variant | record duration (s) | client wall (s) | critical path of its steps (s) "
+        "| detection (s) | attributes (s) | features (s) | merge (s) | duration after "
+        "detection (s) | attributes, features overlap (s) | first run, cold (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        _row_b("parallel: attributes, features in group face_analysis", pb),
+        _row_b("chain: features after attributes", sb),
         "",
-        f"Speedup chain/parallel: {median(sb.durations) / median(pb.durations):.2f}x "
-        f"by record duration, {median(sb.walls) / median(pb.walls):.2f}x by client wall "
-        f"(faces found: {b['face_count']}). Step columns are median step durations (s).",
+        f"Speedup chain/parallel: **{_ratio(sb.durations, pb.durations):.2f}x** by record "
+        f"duration, {_ratio(sb.walls, pb.walls):.2f}x by client wall, "
+        f"{sb.after('detection') / pb.after('detection'):.2f}x on the part after detection "
+        f"(the part the group can shorten). Faces found: {b['face_count']}. Replicas, "
+        f"parallel variant: {pb.replicas('attributes', 'features')}.",
         "",
-        "## C. Overhead per job (no-op task)",
+        "## C. Overhead per job (no-op task `sleep0`)",
         "",
         "| path | median latency (ms) | p90 (ms) |",
         "|---|---:|---:|",
-        f"| `client.run('sleep0', {{}})` (client → Redis → dispatcher → replica → records "
-        f"→ event) | {c['system'] * ms:.1f} | {c['system_p90'] * ms:.1f} |",
+        f"| `client.run('sleep0', {{}})`: client, Redis, dispatcher, replica, records, event "
+        f"| {c['system'] * ms:.1f} | {c['system_p90'] * ms:.1f} |",
         f"| `ray.get(actor.f.remote())` on a plain Ray actor | {c['direct'] * ms:.2f} "
         f"| {c['direct_p90'] * ms:.2f} |",
-        f"| **overhead per job** (difference) | **{(c['system'] - c['direct']) * ms:.1f}** | |",
+        f"| **overhead per job** (difference of the medians) "
+        f"| **{(c['system'] - c['direct']) * ms:.1f}** | |",
         "",
-        f"Ratio system/direct: {c['system'] / c['direct']:.0f}x. Inside the system run: "
-        f"record duration (dispatcher start to finish) {c['duration'] * ms:.1f} ms, "
-        f"queue wait (submit to dispatcher start) {c['queue_wait'] * ms:.1f} ms.",
+        f"Ratio system/direct: {c['system'] / c['direct']:.0f}x. Of the system's latency, "
+        f"the record's duration (dispatcher start to finish) is {c['duration'] * ms:.1f} ms "
+        f"and its queue wait (submitted to picked up) {c['queue_wait'] * ms:.1f} ms; the rest "
+        "is the client (validate, insert, enqueue, wait for the event, read the record).",
         "",
     ]
     return "\n".join(lines)
 
 
+def _ratio(slow: list[float], fast: list[float]) -> float:
+    return median(slow) / median(fast)
+
+
 def _row_a(name: str, ideal: float, s: Series) -> str:
     return (
         f"| {name} | {ideal:.2f} | {median(s.durations):.3f} | {median(s.walls):.3f} "
-        f"| {median(s.queue_waits):.3f} | {median(s.overlaps):.3f} |"
+        f"| {median(s.paths):.3f} | {median(s.queue_waits):.3f} | {median(s.overlaps):.3f} "
+        f"| {s.cold:.2f} |"
     )
 
 
-def _row_b(name: str, ideal: float, s: Series) -> str:
+def _row_b(name: str, s: Series) -> str:
     steps = " | ".join(f"{s.step(x):.3f}" for x in ("detection", "attributes", "features", "merge"))
     return (
-        f"| {name} | {ideal:.3f} | {median(s.durations):.3f} | {median(s.walls):.3f} "
-        f"| {steps} | {median(s.overlaps):.3f} |"
+        f"| {name} | {median(s.durations):.3f} | {median(s.walls):.3f} | {median(s.paths):.3f} "
+        f"| {steps} | {s.after('detection'):.3f} | {median(s.overlaps):.3f} | {s.cold:.2f} |"
     )
 
 
@@ -313,15 +366,20 @@ def _ray_version() -> str:
     return ray.__version__
 
 
-def _leftovers(home: Path) -> list[str]:
-    """Processes still running whose command line names this home (should be none)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+def _leftovers(home: Path, pids: list[int]) -> list[str]:
+    """Processes of the stack still running after ``down`` (should be none).
+
+    ``pids`` are the stack's own (redis-server, Ray head, workers) taken before ``down``;
+    anything else whose command line names the home counts too.
+    """
+    found = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         with contextlib.suppress(psutil.Error):
             cmdline = " ".join(proc.info["cmdline"] or [])
-            if str(home) in cmdline and proc.pid != os.getpid():
-                found.append(f"{proc.pid} {cmdline[:100]}")
-    return found
+            mine = proc.pid in pids or str(home) in cmdline
+            if mine and proc.pid != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found[proc.pid] = f"{proc.pid} {cmdline[:100]}"
+    return list(found.values())
 
 
 def main() -> int:
@@ -330,6 +388,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="wtmb-", dir="/tmp"))
     settings = Settings(home=home)
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     client = None
     try:
         print(f"starting the embedded stack in {home} ...", file=sys.stderr, flush=True)
@@ -339,13 +398,12 @@ def main() -> int:
         work = home / "work"
         print("A: parallel group vs chain (sleep tasks) ...", file=sys.stderr, flush=True)
         a = bench_sleep(client, work)
-        # C runs before B: its replica and actor ask Ray for the default 1 CPU to be
-        # placed, which the face replicas' fractional CPUs may no longer leave free.
-        print("C: overhead per job ...", file=sys.stderr, flush=True)
-        c = bench_overhead(client, work, resolved)
         print("B: face processing pipeline ...", file=sys.stderr, flush=True)
         b = bench_face(client, work)
-        text = report(a, b, c, time.perf_counter() - started)
+        print("C: overhead per job ...", file=sys.stderr, flush=True)
+        c = bench_overhead(client, work, resolved)
+        load = (load_at_start, os.getloadavg()[0])
+        text = report(a, b, c, time.perf_counter() - started, load)
     finally:
         if client is not None:
             client.close()
@@ -353,15 +411,19 @@ def main() -> int:
             import ray
 
             ray.shutdown()
+        pids = stack.stack_pids(settings)  # redis-server, the Ray head and its workers
         stack.down(settings)
-        stray = _leftovers(home)
+        stray = _leftovers(home, pids)
         shutil.rmtree(home, ignore_errors=True)
     print(text)
     RESULTS.write_text(text)
     if stray:
         print("processes left running:\n" + "\n".join(stray), file=sys.stderr)
         return 1
-    print(f"stack stopped; wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+    print(
+        f"stack stopped ({len(pids)} processes, none left); wrote {RESULTS.relative_to(ROOT)}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -89,7 +89,7 @@ def test_malformed_input_json(cli_env, client):
 
 
 def test_unknown_task(cli_env, client):
-    _one_line_error(wtm("run", "nope", "{}"), 3, "unknown task 'nope'")
+    _one_line_error(wtm("run", "nope", "{}"), 3, "unknown task or pipeline 'nope'")
 
 
 def test_missing_image(cli_env, client):
