@@ -97,3 +97,30 @@ def steps_table(record) -> Table:
             s.error.message if s.error else "",
         )
     return table
+
+
+@app.command()
+def cancel(ctx: typer.Context, execution_id: str) -> None:
+    """Cancel a queued execution, or a running pipeline before its next step."""
+    record = state(ctx).client.cancel(execution_id)
+    if record.status.value == "cancelled":
+        console.print(f"{execution_id} cancelled")
+    else:
+        console.print(f"{execution_id} is running: no further step will start")
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    execution_id: str,
+    wait: bool = typer.Option(False, "--wait/--no-wait", help="Wait for the new execution."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Submit a finished execution again with the same input; prints the new id."""
+    outcome = state(ctx).client.retry(execution_id, wait=wait)
+    if wait:
+        show_record(outcome, as_json)
+    elif as_json:
+        print_json({"execution_id": outcome})
+    else:
+        console.print(outcome)

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from orchestrator import keys, packages, stack
-from orchestrator.errors import ExecutionFailed, InputError, NotFoundError
+from orchestrator.errors import ConflictError, ExecutionFailed, InputError, NotFoundError
 from orchestrator.inputs import resolve_paths, shape_input, upload_files
 from orchestrator.models import (
     ErrorInfo,
@@ -24,6 +24,7 @@ from orchestrator.models import (
     ExecutionStatus,
     Job,
     PipelineRecord,
+    StepStatus,
     TaskRecord,
     new_execution_id,
 )
@@ -44,6 +45,8 @@ from orchestrator.taskspec import TaskSpec
 
 #: Seconds between records checks while waiting, in case an event was missed.
 FALLBACK_POLL_S = 2.0
+#: How long a cancel request is remembered for a running execution.
+CANCEL_FLAG_TTL_S = 7 * 24 * 3600
 
 
 class Client:
@@ -160,6 +163,43 @@ class Client:
         if record is None:
             raise NotFoundError(f"unknown execution {execution_id!r}")
         return record
+
+    def cancel(self, execution_id: str) -> ExecutionRecord:
+        """Cancel a queued execution, or a running one before its next step starts.
+
+        A step already running finishes (Ray cannot interrupt it); the steps
+        after it are recorded ``cancelled``.
+        """
+        record = self.execution(execution_id)
+        if record.status.terminal:
+            raise ConflictError(f"execution {execution_id} is already {record.status.value}")
+        self.redis.set(keys.cancel_flag(execution_id), 1, ex=CANCEL_FLAG_TTL_S)
+        if record.status == ExecutionStatus.QUEUED:
+            now = time.time()
+            for step in record.steps:
+                step.status = StepStatus.CANCELLED
+            record = record.model_copy(
+                update={
+                    "status": ExecutionStatus.CANCELLED,
+                    "finished_at": now,
+                    "error": ErrorInfo(type="Cancelled", message="cancelled by a user"),
+                }
+            )
+            self.records.save_execution(record)
+            self.redis.publish(
+                keys.events(execution_id),
+                json.dumps({"execution_id": execution_id, "status": "cancelled"}),
+            )
+        return record
+
+    def retry(self, execution_id: str, wait: bool = False) -> str | ExecutionRecord:
+        """Submit a finished execution again with the same input, version and priority."""
+        old = self.execution(execution_id)
+        if not old.status.terminal:
+            raise ConflictError(f"execution {execution_id} is still {old.status.value}")
+        if wait:
+            return self.run(old.target, old.input, priority=old.priority, version=old.version)
+        return self.submit(old.target, old.input, priority=old.priority, version=old.version)
 
     def executions(
         self, status: str | None = None, limit: int = 50, target: str | None = None

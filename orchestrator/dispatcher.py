@@ -34,7 +34,7 @@ from orchestrator.models import (
     TaskRecord,
 )
 from orchestrator.objects import open_objects
-from orchestrator.pipelines.driver import Driver
+from orchestrator.pipelines.driver import CANCELLED, Driver
 from orchestrator.pipelines.graph import Plan, task_plan
 from orchestrator.records import open_records
 from orchestrator.runtime.caller import Caller
@@ -232,9 +232,14 @@ class Dispatcher:
                 snapshot = current.model_copy(deep=True)
                 await asyncio.to_thread(self.records.save_execution, snapshot)
 
-        driver = Driver(self.caller, self._task_record, save, self._timeout_override)
+        driver = Driver(
+            self.caller, self._task_record, save, self._timeout_override, self._cancelled
+        )
         record, result, error = await driver.run(plan, job.input, record)
         return _finish(record, result, error)
+
+    async def _cancelled(self, execution_id: str) -> bool:
+        return bool(await self.redis.exists(keys.cancel_flag(execution_id)))
 
     def _timeout_override(self, task_id: str) -> float | None:
         """The seed's worker.task_configs may set a task's timeout."""
@@ -327,7 +332,12 @@ def _finish(record: ExecutionRecord, result: Any, error: ErrorInfo | None) -> Ex
     now = time.time()
     record.finished_at = now
     record.duration = now - (record.started_at or now)
-    record.status = ExecutionStatus.FAILED if error else ExecutionStatus.SUCCEEDED
+    if error is None:
+        record.status = ExecutionStatus.SUCCEEDED
+    elif error.type == CANCELLED:
+        record.status = ExecutionStatus.CANCELLED
+    else:
+        record.status = ExecutionStatus.FAILED
     record.error = error
     record.result = result
     return record

@@ -22,6 +22,8 @@ from orchestrator.pipelines.graph import Plan, PlannedStep, pending_steps
 from orchestrator.runtime.caller import Caller
 from orchestrator.runtime.replica import StepCall
 
+CANCELLED = "Cancelled"  # the error type of an execution a user cancelled
+
 TaskLookup = Callable[[str, str, str], Awaitable[TaskRecord]]
 Save = Callable[[ExecutionRecord], Awaitable[None]]
 
@@ -35,11 +37,13 @@ class Driver:
         tasks: TaskLookup,
         save: Save,
         timeout_override: Callable[[str], float | None] = lambda _task: None,
+        cancelled: Callable[[str], Awaitable[bool]] | None = None,
     ):
         self.caller = caller
         self.tasks = tasks
         self.save = save
         self.timeout_override = timeout_override
+        self.cancelled = cancelled
 
     async def run(
         self, plan: Plan, pipeline_input: Any, record: ExecutionRecord
@@ -52,6 +56,8 @@ class Driver:
         failed = next((s for s in record.steps if s.status == StepStatus.FAILED), None)
         record.attempts = sum(s.attempts for s in record.steps)
         record.worker_id = record.steps[-1].worker_id
+        if any(s.status == StepStatus.CANCELLED for s in record.steps):
+            return record, None, ErrorInfo(type=CANCELLED, message="cancelled by a user")
         if failed is not None:
             error = failed.error or ErrorInfo(type="Error", message="step failed")
             message = f"step {failed.step_id!r} failed: {error.type}: {error.message}"
@@ -67,6 +73,10 @@ class Driver:
                 await run.done[dep].wait()
             if any(run.steps[d].status != StepStatus.SUCCEEDED for d in step.deps):
                 sr.status = StepStatus.SKIPPED
+                await self.save(run.record)
+                return
+            if self.cancelled and await self.cancelled(run.record.execution_id):
+                sr.status = StepStatus.CANCELLED  # checked before each step starts
                 await self.save(run.record)
                 return
             async with run.slots:

@@ -1,0 +1,65 @@
+"""`wtm executions cancel` and `retry`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from orchestrator.errors import ConflictError
+from orchestrator.models import ExecutionStatus
+from tests.conftest import make_task
+
+runner = CliRunner()
+
+
+def test_cancelling_a_running_pipeline_stops_it_before_the_next_step(client, tmp_path):
+    client.register_task(make_task(tmp_path, "slow_first", "import time\ntime.sleep(2)\nreturn {}"))
+    client.register_task(make_task(tmp_path, "never_second", "return {'ran': True}"))
+    path = tmp_path / "cancel_me.json"
+    path.write_text(
+        json.dumps(
+            {
+                "pipeline_id": "cancel_me",
+                "steps": [
+                    {"task_id": "slow_first"},
+                    {"task_id": "never_second", "depends_on": ["slow_first"]},
+                ],
+            }
+        )
+    )
+    client.register_pipelines(path)
+    execution_id = client.submit("cancel_me", {})
+    deadline = time.monotonic() + 30
+    while client.execution(execution_id).steps[0].status != "running":
+        assert time.monotonic() < deadline, "the first step never started"
+        time.sleep(0.05)
+
+    client.cancel(execution_id)
+    record = client.wait(execution_id, timeout=60)
+
+    assert record.status == ExecutionStatus.CANCELLED
+    assert [s.status for s in record.steps] == ["succeeded", "cancelled"]
+    with pytest.raises(ConflictError, match="already cancelled"):
+        client.cancel(execution_id)
+
+
+def test_retry_resubmits_with_the_same_input(client, tmp_path, cli_env):
+    body = """
+    type(self).calls += 1
+    if type(self).calls == 1:
+        raise FatalError("first call fails")
+    return {"echo": input_data["x"]}
+    """
+    client.register_task(make_task(tmp_path, "retry_me", body))
+    failed = client.run("retry_me", {"x": 7})
+    assert failed.status == ExecutionStatus.FAILED
+
+    result = runner.invoke(app, ["executions", "retry", failed.execution_id, "--wait", "--json"])
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.stdout)
+    assert again["execution_id"] != failed.execution_id
+    assert again["status"] == "succeeded" and again["result"] == {"echo": 7}
