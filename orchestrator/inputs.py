@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,20 @@ def is_path_field(name: str) -> bool:
     return name == "path" or name.endswith("_path")
 
 
+def local_paths(document: Any) -> Iterator[tuple[str, str]]:
+    """(field, value) for every path field that names a local file, not a URI."""
+    if isinstance(document, dict):
+        for name, value in document.items():
+            if is_path_field(name) and isinstance(value, str) and "://" not in value:
+                yield name, value
+
+
 def resolve_paths(document: Any, cwd: Path) -> Any:
     """Make ``*_path`` fields absolute against cwd; each must name a file."""
     if not isinstance(document, dict):
         return document
     out = dict(document)
-    for name, value in document.items():
-        if not (is_path_field(name) and isinstance(value, str)) or "://" in value:
-            continue
+    for name, value in local_paths(document):
         path = Path(value).expanduser()
         path = path if path.is_absolute() else (cwd / path)
         if not path.is_file():
@@ -101,9 +108,7 @@ def upload_files(document: Any, objects: ObjectStore) -> Any:
     if not isinstance(document, dict):
         return document
     out = dict(document)
-    for name, value in document.items():
-        if not (is_path_field(name) and isinstance(value, str)) or "://" in value:
-            continue
+    for name, value in local_paths(document):
         data = Path(value).read_bytes()
         key = keys.input_key(hashlib.sha256(data).hexdigest(), Path(value).name)
         if not objects.exists(keys.DATA_BUCKET, key):

@@ -100,17 +100,9 @@ class Replica:
         """Run the task on one input."""
         started = time.time()
         if self.runner is None:
-            e = self.load_error
-            return Outcome(
-                False,
-                self.worker_id,
-                self.node,
-                started,
-                time.time(),
-                error_type=type(e).__name__,
-                error_message=str(e),
-                broken=True,
-            )
+            outcome = self._failed(started, self.load_error, retryable=False)
+            outcome.broken = True
+            return outcome
         with self._lock:
             self._stats.in_flight += 1
         try:
@@ -118,16 +110,7 @@ class Replica:
             outcome = Outcome(True, self.worker_id, self.node, started, time.time(), result)
             outcome.memory = psutil.Process().memory_info().rss
         except BaseException as e:  # noqa: BLE001 - reported, never raised into Ray
-            outcome = Outcome(
-                False,
-                self.worker_id,
-                self.node,
-                started,
-                time.time(),
-                error_type=type(e).__name__,
-                error_message=str(e),
-                retryable=classify(e),
-            )
+            outcome = self._failed(started, e, retryable=classify(e))
         with self._lock:
             self._stats.in_flight -= 1
             self._stats.processed += 1
