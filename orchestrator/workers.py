@@ -93,5 +93,6 @@ class Workers:
         settings = self.settings.model_copy(deep=True)
         settings.dispatcher.queues = queues
         settings.dispatcher.concurrency = concurrency or self.settings.worker.max_concurrent_tasks
-        name = f"{keys.PREFIX}:dispatcher:{','.join(queues) or 'all'}"
+        # The seed's worker_id names the dispatcher this worker runs.
+        name = f"{keys.PREFIX}:dispatcher:{self.settings.worker.worker_id}"
         return dispatcher.deploy_one(settings, name)

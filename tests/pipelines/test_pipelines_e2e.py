@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -250,3 +251,24 @@ def test_pipeline_cli_list_info_validate(face_client, cli_env, tmp_path):
     )
     assert good.exit_code == 0 and "detection → attributes → features → merge" in good.stdout
     assert runner.invoke(app, ["pipeline", "info", "cyc"]).exit_code == 3  # nothing stored
+
+
+def test_max_parallel_tasks_bounds_the_steps_in_flight(client, tmp_path):
+    sleepy = 'import time\ntime.sleep(0.5)\nreturn {"done": True}'
+    for name in ("lane_a", "lane_b", "lane_c"):
+        client.register_task(make_task(tmp_path, name, sleepy))
+    pid = register(
+        client,
+        tmp_path,
+        {
+            "pipeline_id": "one_at_a_time",
+            "steps": [
+                {"task_id": n, "parallel_group": "g"} for n in ("lane_a", "lane_b", "lane_c")
+            ],
+            "global_settings": {"max_parallel_tasks": 1},
+        },
+    )
+    record = client.run(pid, {})
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    spans = sorted((s.started_at, s.finished_at) for s in record.steps)
+    assert all(prev_end <= start for (_, prev_end), (start, _) in itertools.pairwise(spans))
