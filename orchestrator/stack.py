@@ -298,36 +298,68 @@ def _start_ray(settings: Settings, state: StackState) -> None:
 
 
 def connect_ray(settings: Settings) -> None:
-    """ray.init against the stack's cluster (a no-op when already connected)."""
+    """Make this process a driver of the stack's cluster (a no-op when it is one).
+
+    A process connected to another cluster is disconnected first: a driver
+    talks to one cluster at a time.
+    """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            address=settings.ray.address,
-            namespace=settings.ray.namespace,
-            log_to_driver=False,
-            logging_level="WARNING",
-        )
+    if ray.is_initialized():
+        if _same_cluster(ray.get_runtime_context().gcs_address, settings.ray.address):
+            return
+        ray.shutdown()
+    ray.init(
+        address=settings.ray.address,
+        namespace=settings.ray.namespace,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
+
+
+@contextlib.contextmanager
+def ray_session(settings: Settings) -> Iterator[None]:
+    """Connected to the stack's cluster for a block; a previous connection comes back."""
+    import ray
+
+    previous = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+    connect_ray(settings)
+    try:
+        yield
+    finally:
+        if previous and not _same_cluster(previous, settings.ray.address):
+            ray.shutdown()
+            ray.init(
+                address=previous,
+                namespace=settings.ray.namespace,
+                log_to_driver=False,
+                logging_level="WARNING",
+            )
+
+
+def _same_cluster(a: str | None, b: str | None) -> bool:
+    # Ray reports the head by the machine's address even when given 127.0.0.1.
+    return bool(a and b) and a.rsplit(":", 1)[-1] == b.rsplit(":", 1)[-1]
 
 
 def _deploy_dispatchers(settings: Settings) -> list[str]:
     from orchestrator import dispatcher
     from orchestrator.runtime import controller
 
-    connect_ray(settings)
-    controller.deploy(settings)
-    return dispatcher.deploy(settings)
+    with ray_session(settings):
+        controller.deploy(settings)
+        return dispatcher.deploy(settings)
 
 
 def _kill_actors(settings: Settings) -> None:
     """On a cluster we did not start, remove our named actors, not the cluster."""
     import ray
 
-    connect_ray(settings)
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["namespace"] == settings.ray.namespace and actor["name"].startswith("wtm:"):
-            with contextlib.suppress(Exception):
-                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+    with ray_session(settings):
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if actor["namespace"] == settings.ray.namespace and actor["name"].startswith("wtm:"):
+                with contextlib.suppress(Exception):
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
 
 
 # processes -----------------------------------------------------------------

@@ -1,19 +1,39 @@
-"""The embedded stack: side by side with another, idempotent, and clean on down."""
+"""The embedded stack: started on demand, side by side with another, clean on down."""
 
 from __future__ import annotations
 
-import psutil
+import json
 
+import psutil
+from typer.testing import CliRunner
+
+from cli.main import app
 from orchestrator import stack
 from orchestrator.settings import Settings
+from tests.conftest import IMAGES, TASK_PKGS
 
 
-def test_second_stack_runs_beside_the_first_and_stops_cleanly(stack_settings, tmp_path_factory):
-    other = Settings(home=tmp_path_factory.mktemp("other"))
+def test_second_stack_starts_on_demand_beside_the_first_and_stops_cleanly(
+    stack_settings, tmp_path_factory, monkeypatch
+):
+    home = tmp_path_factory.mktemp("other")
+    other = Settings(home=home)
     first = stack.read_state(stack_settings)
+    monkeypatch.setenv("WTM_HOME", str(home))
+    runner = CliRunner()
     try:
-        state = stack.up(other)
-        assert stack.is_up(other)
+        assert (
+            runner.invoke(app, ["task", "register", str(TASK_PKGS / "face_detection")]).exit_code
+            == 0
+        )  # registering needs no stack
+        assert not stack.is_up(other)
+        image = json.dumps({"image_path": str(IMAGES / "astronaut.jpg")})
+        result = runner.invoke(app, ["run", "face_detection", image, "--json"])
+        assert result.exit_code == 0, result.output
+        assert "Started the embedded stack in" in result.stderr  # said in one line
+        assert json.loads(result.stdout)["result"]["face_count"] == 1
+
+        state = stack.read_state(other)
         assert not set(state.ports.values()) & set(first.ports.values())
         again = stack.up(other)  # idempotent: same processes, same ports
         assert again.ports == state.ports and again.redis_pid == state.redis_pid
