@@ -78,6 +78,10 @@ class TaskTimeoutError(RetryableError):
     """Raised when a call runs past its task's timeout (its replica is killed)."""
 
 
+class Cancelled(OrchestratorError):
+    """Recorded as the error of an execution a user cancelled."""
+
+
 class ExecutionFailed(OrchestratorError):
     """Raised by a waiting client when the execution ended in failure."""
 

@@ -11,18 +11,18 @@ fails for good its dependents are skipped and the execution fails naming it.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
 
+from orchestrator.errors import Cancelled
 from orchestrator.models import ErrorInfo, ExecutionRecord, StepRecord, StepStatus, TaskRecord
 from orchestrator.pipelines.graph import Plan, PlannedStep, pending_steps
 from orchestrator.runtime.caller import Caller
 from orchestrator.runtime.replica import StepCall
 
-CANCELLED = "Cancelled"  # the error type of an execution a user cancelled
+CANCELLED = Cancelled.__name__  # the error type of an execution a user cancelled
 
 TaskLookup = Callable[[str, str, str], Awaitable[TaskRecord]]
 Save = Callable[[ExecutionRecord], Awaitable[None]]
@@ -75,10 +75,6 @@ class Driver:
                 sr.status = StepStatus.SKIPPED
                 await self.save(run.record)
                 return
-            if self.cancelled and await self.cancelled(run.record.execution_id):
-                sr.status = StepStatus.CANCELLED  # checked before each step starts
-                await self.save(run.record)
-                return
             async with run.slots:
                 task = await self.tasks(step.task_id, step.version, step.package_sha256)
                 await self._started(run, sr)
@@ -89,19 +85,39 @@ class Driver:
                     return replica.run_step.remote(call, run.input_ref, *upstream)
 
                 timeout = self.timeout_override(step.task_id) or step.timeout
-                outcome, ref = await self.caller.run(task, sr, timeout, step.retries, invoke)
+                outcome, ref = await self.caller.run(
+                    task, sr, timeout, step.retries, invoke, proceed=self._proceed(run)
+                )
+                if outcome.error_type == CANCELLED:
+                    sr.status, sr.error = StepStatus.CANCELLED, None
                 if outcome.ok:
                     run.outputs[step.step_id] = ref
                     run.record.memory_usage = (
                         max(run.record.memory_usage or 0, outcome.memory or 0) or None
                     )
-                await self.save(run.record)
+                await self._progress(run)
         finally:
             run.done[step.step_id].set()
 
+    def _proceed(self, run: _Run) -> Callable[[], Awaitable[bool]] | None:
+        """Checked before each step's call: a cancelled execution starts no more steps."""
+        if self.cancelled is None:
+            return None
+        cancelled, execution_id = self.cancelled, run.record.execution_id
+
+        async def proceed() -> bool:
+            return not await cancelled(execution_id)
+
+        return proceed
+
     async def _started(self, run: _Run, sr: StepRecord) -> None:
-        sr.status, sr.started_at = StepStatus.RUNNING, time.time()
-        await self.save(run.record)
+        sr.status = StepStatus.RUNNING
+        await self._progress(run)
+
+    async def _progress(self, run: _Run) -> None:
+        """Record a step's change. A task's one step is recorded with its execution."""
+        if run.plan.kind == "pipeline":
+            await self.save(run.record)
 
     async def _result(self, run: _Run) -> Any:
         """The sink step's output (or each sink's), with timings in its summary."""

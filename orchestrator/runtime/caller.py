@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
 
-from orchestrator.errors import TaskTimeoutError
+from orchestrator.errors import Cancelled, TaskTimeoutError
 from orchestrator.models import ErrorInfo, StepRecord, StepStatus, TaskRecord
 from orchestrator.policy import compute_backoff, should_retry
 from orchestrator.runtime.replica import Outcome
@@ -17,6 +17,8 @@ from orchestrator.runtime.router import Router
 
 #: Given a replica handle, submit the call: returns (outcome ref, result ref).
 Invoke = Callable[[Any], tuple[Any, Any]]
+#: Asked right before a call: False stops the step (its execution was cancelled).
+Proceed = Callable[[], Awaitable[bool]]
 
 
 class Caller:
@@ -26,13 +28,25 @@ class Caller:
         self.router = router
 
     async def run(
-        self, task: TaskRecord, step: StepRecord, timeout: float, retries: int, invoke: Invoke
+        self,
+        task: TaskRecord,
+        step: StepRecord,
+        timeout: float,
+        retries: int,
+        invoke: Invoke,
+        proceed: Proceed | None = None,
     ) -> tuple[Outcome, Any]:
-        """Returns the last outcome and, on success, the reference to its result."""
-        step.status, step.started_at = StepStatus.RUNNING, time.time()
+        """Returns the last outcome and, on success, the reference to its result.
+
+        ``proceed`` is asked once a replica slot is free, right before the call:
+        a cancelled execution stops there, even after waiting for the slot.
+        """
+        step.status = StepStatus.RUNNING
         while True:
             step.attempts += 1
-            outcome, result_ref = await self._once(task, timeout, invoke)
+            outcome, result_ref = await self._once(task, timeout, invoke, proceed)
+            # The step's time runs from the first call, not from the wait for a slot.
+            step.started_at = step.started_at or outcome.started_at
             step.worker_id, step.node = outcome.worker_id, outcome.node
             step.cache_hit = outcome.cache_hit
             if outcome.ok:
@@ -51,14 +65,18 @@ class Caller:
         step.duration = step.finished_at - step.started_at
         return outcome, result_ref
 
-    async def _once(self, task: TaskRecord, timeout: float, invoke: Invoke) -> tuple[Outcome, Any]:
+    async def _once(
+        self, task: TaskRecord, timeout: float, invoke: Invoke, proceed: Proceed | None
+    ) -> tuple[Outcome, Any]:
         """One attempt on the least-loaded replica; a hung one is killed, a dead one replaced."""
-        started = time.time()
         try:
             name, replica = await self.router.acquire(task)
         except Exception as e:  # noqa: BLE001 - no replica could start (placement, loading)
-            return failure(task.task_id, started, getattr(e, "cause", None) or e), None
+            return failure(task.task_id, time.time(), getattr(e, "cause", None) or e), None
+        started = time.time()
         try:
+            if proceed is not None and not await proceed():
+                return failure(name, started, Cancelled("cancelled by a user")), None
             outcome_ref, result_ref = invoke(replica)
             outcome = await asyncio.wait_for(outcome_ref, timeout)
         except asyncio.TimeoutError:

@@ -17,7 +17,10 @@ runner = CliRunner()
 
 
 def test_cancelling_a_running_pipeline_stops_it_before_the_next_step(client, tmp_path):
-    client.register_task(make_task(tmp_path, "slow_first", "import time\ntime.sleep(2)\nreturn {}"))
+    body = (
+        "import pathlib, time\npathlib.Path(input_data['marker']).touch()\ntime.sleep(2)\nreturn {}"
+    )
+    client.register_task(make_task(tmp_path, "slow_first", body))
     client.register_task(make_task(tmp_path, "never_second", "return {'ran': True}"))
     path = tmp_path / "cancel_me.json"
     path.write_text(
@@ -32,9 +35,10 @@ def test_cancelling_a_running_pipeline_stops_it_before_the_next_step(client, tmp
         )
     )
     client.register_pipelines(path)
-    execution_id = client.submit("cancel_me", {})
+    marker = tmp_path / "started"
+    execution_id = client.submit("cancel_me", {"marker": str(marker)})
     deadline = time.monotonic() + 30
-    while client.execution(execution_id).steps[0].status != "running":
+    while not marker.exists():  # the first step's task is running
         assert time.monotonic() < deadline, "the first step never started"
         time.sleep(0.05)
 
@@ -45,6 +49,26 @@ def test_cancelling_a_running_pipeline_stops_it_before_the_next_step(client, tmp
     assert [s.status for s in record.steps] == ["succeeded", "cancelled"]
     with pytest.raises(ConflictError, match="already cancelled"):
         client.cancel(execution_id)
+
+
+def test_cancelling_a_job_that_waits_for_a_busy_replica_stops_it(client, tmp_path):
+    body = "import time\ntime.sleep(float(input_data['s']))\nreturn {'s': input_data['s']}"
+    client.register_task(
+        make_task(tmp_path, "one_lane", body, replicas={"min": 0, "max": 1, "max_concurrency": 1})
+    )
+    busy = client.submit("one_lane", {"s": 2})
+    waiting = client.submit("one_lane", {"s": 0})
+    deadline = time.monotonic() + 30
+    while client.execution(waiting).status != "running":  # picked up, waiting for the slot
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    client.cancel(waiting)
+
+    assert client.wait(busy, timeout=60).status == ExecutionStatus.SUCCEEDED
+    record = client.wait(waiting, timeout=60)
+    assert record.status == ExecutionStatus.CANCELLED
+    assert record.steps[0].status == "cancelled" and record.result is None
 
 
 def test_retry_resubmits_with_the_same_input(client, tmp_path, cli_env):
