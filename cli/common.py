@@ -18,8 +18,9 @@ from orchestrator import Client
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings, load_settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped or captured output is not cut to 80 columns: tables stay readable in logs.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 class CleanErrors(TyperGroup):

@@ -10,9 +10,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cli.common import console, print_json, state, when
-from cli.run import show_record
+from cli.run import exit_unless_succeeded, show_record
 from orchestrator.inputs import parse_input
-from orchestrator.models import ExecutionStatus
 from orchestrator.pipelines.registry import mermaid, spec_of
 
 app = typer.Typer(help="Register, inspect and execute pipelines.", no_args_is_help=True)
@@ -133,7 +132,7 @@ def execute(
     ),
     wait: bool = typer.Option(True, "--wait/--no-wait"),
     workers: bool = typer.Option(False, "--workers", help="Accepted for the seed; always on."),
-    priority: int | None = typer.Option(None, min=1, max=10),
+    priority: int | None = typer.Option(None, help="1 (low) to 10 (high)."),
     version: str | None = typer.Option(None),
     timeout: float | None = typer.Option(None, help="Stop waiting after this many seconds."),
     as_json: bool = typer.Option(False, "--json"),
@@ -152,8 +151,7 @@ def execute(
         from cli.executions import steps_table
 
         console.print(steps_table(record))
-    if record.status != ExecutionStatus.SUCCEEDED:
-        raise typer.Exit(1)
+    exit_unless_succeeded(record, timeout)
 
 
 @app.command()

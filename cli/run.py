@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import console, print_json, render_result, seconds, state, status_style
+from cli.common import (
+    console,
+    err_console,
+    print_json,
+    render_result,
+    seconds,
+    state,
+    status_style,
+)
 from orchestrator.inputs import parse_input
 from orchestrator.models import ExecutionRecord, ExecutionStatus
 
 
 def run(
     ctx: typer.Context,
-    target: str = typer.Argument(..., help="A registered task id."),
+    target: str = typer.Argument(..., help="A registered task or pipeline id."),
     input_text: str = typer.Argument(
         ..., metavar="INPUT", help="JSON text, @file.json, or a bare string."
     ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the result."),
-    priority: int | None = typer.Option(None, min=1, max=10, help="1 (low) to 10 (high)."),
+    priority: int | None = typer.Option(None, help="1 (low) to 10 (high)."),
     version: str | None = typer.Option(None, help="Pin a task version."),
     timeout: float | None = typer.Option(None, help="Stop waiting after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print the execution record as JSON."),
 ) -> None:
-    """Submit a task execution through the queue and (by default) wait for it."""
+    """Run a task or a pipeline through the queue and (by default) wait for it."""
     client = state(ctx).client
     document = parse_input(input_text)
     if not wait:
@@ -30,8 +38,19 @@ def run(
         return
     record = client.run(target, document, priority=priority, version=version, timeout=timeout)
     show_record(record, as_json)
-    if record.status != ExecutionStatus.SUCCEEDED:
-        raise typer.Exit(1)
+    exit_unless_succeeded(record, timeout)
+
+
+def exit_unless_succeeded(record: ExecutionRecord, timeout: float | None) -> None:
+    """Exit 1 for a failed execution, or one still going when --timeout ran out."""
+    if record.status == ExecutionStatus.SUCCEEDED:
+        return
+    if not record.status.terminal:
+        err_console.print(
+            f"still {record.status.value} after {timeout:g}s; follow it with "
+            f"`wtm executions show {record.execution_id}`"
+        )
+    raise typer.Exit(1)
 
 
 def show_record(record: ExecutionRecord, as_json: bool) -> None:

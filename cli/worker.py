@@ -67,9 +67,19 @@ def monitor(
 def stop(
     ctx: typer.Context,
     task: str | None = typer.Option(None, help="Only this task's replicas."),
+    dispatchers: bool = typer.Option(
+        False, "--dispatchers", help="Stop the dispatchers `start --queues` added instead."
+    ),
 ) -> None:
     """Stop replicas (all, or one task's); jobs start them again on demand."""
-    stopped = Workers(state(ctx).settings).stop(task)
+    workers = Workers(state(ctx).settings)
+    if dispatchers:
+        names = workers.stop_dispatchers()
+        console.print(
+            f"stopped {len(names)} dispatcher(s)" + (f": {', '.join(names)}" if names else "")
+        )
+        return
+    stopped = workers.stop(task)
     console.print(
         f"stopped {len(stopped)} replica(s)" + (f": {', '.join(stopped)}" if stopped else "")
     )

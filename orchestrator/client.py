@@ -248,6 +248,8 @@ class Client:
         version: str | None,
         cwd: Path | None,
     ) -> tuple[ExecutionRecord, Plan | None]:
+        if priority is not None and not 1 <= priority <= 10:
+            raise InputError(f"priority {priority}: must be from 1 (low) to 10 (high)")
         task = self.records.get_task(target, version)
         if task is not None:
             return self._new_execution(task, input_data, priority, cwd), task_plan(task)

@@ -12,7 +12,7 @@ import time
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -100,6 +100,7 @@ class ExecutionRecord(BaseModel):
     result_ref: str | None = None
     steps: list[StepRecord] = Field(default_factory=list)
 
+    @computed_field  # in --json output too: one field for a task's or a pipeline's id
     @property
     def target(self) -> str:
         return self.task_id if self.kind == "task" else self.pipeline_id  # type: ignore[return-value]

@@ -8,6 +8,7 @@ two packages that both have a ``task.py`` load side by side.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import gzip
 import hashlib
@@ -27,7 +28,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 
 from orchestrator import keys
-from orchestrator.errors import ConflictError, NotFoundError, PackageError
+from orchestrator.errors import ConflictError, NotFoundError, PackageError, SpecError
 from orchestrator.models import TaskRecord
 from orchestrator.objects import ObjectStore
 from orchestrator.records import RecordStore
@@ -90,6 +91,7 @@ def register(
     if not folder.is_dir():
         raise NotFoundError(f"{folder}: no such task folder")
     spec = load_spec(folder)
+    check_entry_point(folder, spec)
     data = build_archive(folder)
     sha = hashlib.sha256(data).hexdigest()
     existing = records.get_task(spec.task_id, spec.version)
@@ -113,6 +115,20 @@ def register(
     )
     records.put_task(record)
     return record, True
+
+
+def check_entry_point(folder: Path, spec: TaskSpec) -> None:
+    """The entry point's module parses and defines its class (nothing is run)."""
+    module, _, name = spec.entry_point.rpartition(".")
+    path = folder / Path(*module.split(".")).with_suffix(".py")
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except FileNotFoundError as e:
+        raise SpecError(f"{folder}: entry_point {spec.entry_point!r}: no {path.name}") from e
+    except SyntaxError as e:
+        raise SpecError(f"{path}:{e.lineno}: syntax error: {e.msg}") from e
+    if not any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body):
+        raise SpecError(f"{path}: entry_point {spec.entry_point!r}: no class {name!r}")
 
 
 def resolve(records: RecordStore, task_id: str, version: str | None = None) -> TaskRecord:

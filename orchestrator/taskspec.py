@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,9 +73,20 @@ def parse_spec(data: Any, source: str) -> TaskSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a JSON object")
     try:
-        return TaskSpec.model_validate(data)
+        spec = TaskSpec.model_validate(data)
     except pydantic.ValidationError as e:
         raise SpecError(f"{source}: {describe(e)}") from e
+    for field in ("input_schema", "output_schema"):
+        schema = getattr(spec, field)
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as e:
+            where = "/".join(str(p) for p in e.absolute_path)
+            raise SpecError(
+                f"{source}: field {field!r} is not a valid JSON Schema "
+                f"(at {where or 'top'}: {e.message})"
+            ) from e
+    return spec
 
 
 def load_spec(folder: Path) -> TaskSpec:

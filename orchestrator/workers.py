@@ -53,7 +53,8 @@ class Workers:
         concurrency: int | None = None,
     ) -> dict[str, Any]:
         """Bring up replicas for tasks (and a dispatcher for queues); waits until ready."""
-        tasks = self._tasks(task_ids)
+        # --queues alone adds a dispatcher; replicas still start on demand.
+        tasks = [] if queues and not task_ids else self._tasks(task_ids)
         started = {}
         for record in tasks:
             started[record.task_id] = self._ray.get(
@@ -72,6 +73,19 @@ class Workers:
         if task_id is not None:
             packages.resolve(self.records, task_id)
         return self._ray.get(self.controller.stop.remote(task_id))
+
+    def stop_dispatchers(self) -> list[str]:
+        """Stop the dispatchers `start --queues` added (the stack's own stay)."""
+        ns = self.settings.ray.namespace
+        prefix = f"{keys.PREFIX}:dispatcher:"
+        names = [
+            a["name"]
+            for a in self._ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == ns and a["name"].startswith(prefix)
+        ]
+        for name in names:
+            self._ray.kill(self._ray.get_actor(name, namespace=ns))
+        return sorted(names)
 
     def sets(self) -> list[dict[str, Any]]:
         return self._ray.get(self.controller.status.remote())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import keys
-from orchestrator.errors import ConflictError, PackageError
+from orchestrator.errors import ConflictError, PackageError, SpecError
 from orchestrator.objects.local import LocalObjectStore
 from orchestrator.packages import (
     Limits,
@@ -358,12 +358,29 @@ def test_two_packages_with_the_same_module_names_load_side_by_side(tmp_path, rec
     assert (t1.metadata["version"], t2.metadata["version"]) == ("1.0.0", "2.0.0")
 
 
-def test_load_task_names_a_missing_entry_point(tmp_path, records, objects):
+def test_register_names_a_missing_entry_point_and_stores_nothing(tmp_path, records, objects):
     folder = write_package(tmp_path / "pkg", entry_point="task.Missing")
-    record, _ = register(folder, records, objects)
 
-    with pytest.raises(PackageError, match=r"task\.Missing"):
-        load_task(record, fetch(record, objects, tmp_path / "cache"))
+    with pytest.raises(SpecError, match=r"entry_point 'task\.Missing': no class 'Missing'"):
+        register(folder, records, objects)
+    assert records.list_tasks() == []
+
+
+def test_register_names_a_syntax_error_with_its_line(tmp_path, records, objects):
+    folder = write_package(tmp_path / "pkg")
+    (folder / "task.py").write_text("class Task(:\n    pass\n")
+
+    with pytest.raises(SpecError, match=r"task\.py:1: syntax error"):
+        register(folder, records, objects)
+
+
+def test_register_refuses_a_schema_that_is_not_json_schema(tmp_path, records, objects):
+    folder = write_package(tmp_path / "pkg")
+    doc = json.loads((folder / "task.json").read_text())
+    (folder / "task.json").write_text(json.dumps({**doc, "input_schema": {"type": "objekt"}}))
+
+    with pytest.raises(SpecError, match=r"'input_schema' is not a valid JSON Schema"):
+        register(folder, records, objects)
 
 
 # check_requirements ------------------------------------------------------------------
