@@ -148,7 +148,8 @@ def delete(
     ctx: typer.Context,
     task_id: str,
     version: str | None = typer.Option(None, help="Only this version (default: all)."),
+    force: bool = typer.Option(False, help="Delete even if a pipeline uses it."),
 ) -> None:
     """Remove a task (or one version) from the records and the object store."""
-    removed = state(ctx).client.delete_task(task_id, version)
+    removed = state(ctx).client.delete_task(task_id, version, force=force)
     console.print(f"deleted {task_id}: {', '.join(r.version for r in removed)}")

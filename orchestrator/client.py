@@ -77,8 +77,25 @@ class Client:
     def task(self, task_id: str, version: str | None = None) -> TaskRecord:
         return packages.resolve(self.records, task_id, version)
 
-    def delete_task(self, task_id: str, version: str | None = None) -> list[TaskRecord]:
-        """Delete a task (or one version): its records first, then its archives."""
+    def delete_task(
+        self, task_id: str, version: str | None = None, force: bool = False
+    ) -> list[TaskRecord]:
+        """Delete a task (or one version): its records first, then its archives.
+
+        Refused while a registered pipeline uses the task, unless ``force``.
+        """
+        users = sorted(
+            {
+                p.pipeline_id
+                for p in self.records.list_pipelines()
+                for step in p.spec.get("steps", [])
+                if step.get("task_id") == task_id and version in (None, step.get("version"))
+            }
+        )
+        if users and not force:
+            raise ConflictError(
+                f"task {task_id!r} is used by pipeline {', '.join(users)}; use --force to delete"
+            )
         return packages.delete(self.records, self.objects, task_id, version)
 
     def register_pipelines(
@@ -289,7 +306,8 @@ class Client:
 
     def _enqueue(self, execution: ExecutionRecord, plan: Plan | None = None) -> None:
         """Record first, then the stream: a dispatcher always finds the record."""
-        r = self.redis
+        r = self.redis  # may start the embedded stack: that is not queue time
+        execution.submitted_at = time.time()
         self.records.insert_execution(execution)
         job = Job(
             execution_id=execution.execution_id,

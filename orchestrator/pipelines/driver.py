@@ -54,7 +54,7 @@ class Driver:
         run = _Run(plan, record, ray.put(pipeline_input))
         await asyncio.gather(*(self._step(run, s) for s in plan.steps))
         failed = next((s for s in record.steps if s.status == StepStatus.FAILED), None)
-        record.attempts = sum(s.attempts for s in record.steps)
+        record.attempts = max(s.attempts for s in record.steps)  # the most any step took
         record.worker_id = record.steps[-1].worker_id
         if any(s.status == StepStatus.CANCELLED for s in record.steps):
             return record, None, ErrorInfo(type=CANCELLED, message="cancelled by a user")

@@ -272,3 +272,10 @@ def test_max_parallel_tasks_bounds_the_steps_in_flight(client, tmp_path):
     assert record.status == ExecutionStatus.SUCCEEDED, record.error
     spans = sorted((s.started_at, s.finished_at) for s in record.steps)
     assert all(prev_end <= start for (_, prev_end), (start, _) in itertools.pairwise(spans))
+
+
+def test_a_task_a_pipeline_uses_is_not_deleted_without_force(face_client, cli_env):
+    result = runner.invoke(app, ["task", "delete", "face_merge"])
+    assert result.exit_code == 4, result.output
+    assert "used by pipeline face_processing_pipeline" in result.stderr
+    assert face_client.task("face_merge")  # still there
