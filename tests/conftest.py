@@ -28,8 +28,13 @@ def wtm_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def stack_settings(wtm_home) -> Settings:
     """Resolved settings of a running embedded stack, stopped after the session."""
-    # Short idle timeout and heartbeat so scaling down and status show up quickly.
-    settings = Settings(home=wtm_home, controller={"idle_timeout_s": 4, "heartbeat_s": 1})
+    # Short idle timeout and heartbeat so scaling down and status show up
+    # quickly; a short claim time so abandoned jobs are reclaimed within a test.
+    settings = Settings(
+        home=wtm_home,
+        controller={"idle_timeout_s": 4, "heartbeat_s": 1},
+        dispatcher={"claim_idle_ms": 3000, "max_deliveries": 3},
+    )
     stack.up(settings)
     try:
         yield stack.resolve(settings)
