@@ -233,10 +233,24 @@ class Dispatcher:
                 await asyncio.to_thread(self.records.save_execution, snapshot)
 
         driver = Driver(
-            self.caller, self._task_record, save, self._timeout_override, self._cancelled
+            self.caller,
+            self._task_record,
+            save,
+            self._timeout_override,
+            self._cancelled,
+            self._kept_output,
         )
         record, result, error = await driver.run(plan, job.input, record)
         return _finish(record, result, error)
+
+    async def _kept_output(self, execution_id: str, step_id: str) -> Any:
+        """A finished step's output from before this job was claimed, or None."""
+        key = keys.step_output_key(execution_id, step_id)
+        try:
+            data = await asyncio.to_thread(self.objects.get, keys.DATA_BUCKET, key)
+        except NotFoundError:
+            return None
+        return json.loads(data)
 
     async def _cancelled(self, execution_id: str) -> bool:
         return bool(await self.redis.exists(keys.cancel_flag(execution_id)))

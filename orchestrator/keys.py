@@ -75,6 +75,11 @@ def cache_key(task_id: str, digest: str) -> str:
     return f"cache/{task_id}/{digest}.json"
 
 
+def step_output_key(execution_id: str, step_id: str) -> str:
+    """A finished pipeline step's output, kept so a claimed job resumes after it."""
+    return f"steps/{execution_id}/{step_id}.json"
+
+
 def result_key(execution_id: str) -> str:
     return f"results/{execution_id}.json"
 

@@ -10,7 +10,13 @@ import time
 import redis
 
 from orchestrator import keys
-from orchestrator.models import ExecutionRecord, ExecutionStatus, Job, new_execution_id
+from orchestrator.models import (
+    ExecutionRecord,
+    ExecutionStatus,
+    Job,
+    StepStatus,
+    new_execution_id,
+)
 from tests.conftest import make_task
 
 
@@ -27,10 +33,6 @@ def abandon(client, task_id: str, queue: str, deliveries: int) -> str:
         submitted_at=time.time(),
     )
     client.records.insert_execution(execution)
-    r = redis.Redis.from_url(client.settings.redis.url)
-    stream = keys.stream(queue, "normal")
-    with contextlib.suppress(redis.ResponseError):  # the dispatcher made it first
-        r.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
     job = Job(
         execution_id=execution.execution_id,
         kind="task",
@@ -40,12 +42,21 @@ def abandon(client, task_id: str, queue: str, deliveries: int) -> str:
         submitted_at=execution.submitted_at,
         input={},
     )
+    ghost_takes(client, queue, job, deliveries)
+    return execution.execution_id
+
+
+def ghost_takes(client, queue: str, job: Job, deliveries: int = 1) -> None:
+    """Enqueue a job and let a consumer that then dies take it `deliveries` times."""
+    r = redis.Redis.from_url(client.settings.redis.url)
+    stream = keys.stream(queue, "normal")
+    with contextlib.suppress(redis.ResponseError):  # the dispatcher made it first
+        r.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
     entry = r.xadd(stream, job.encode())
     r.xreadgroup(keys.CONSUMER_GROUP, "ghost", {stream: ">"}, count=1)  # delivery 1
     for _ in range(deliveries - 1):
         r.xclaim(stream, keys.CONSUMER_GROUP, "ghost", 0, [entry])  # each counts one more
     r.sadd(keys.QUEUES_SET, queue)  # only now may a dispatcher read this queue
-    return execution.execution_id
 
 
 def test_a_job_a_dead_dispatcher_held_is_claimed_and_run(client, tmp_path):
@@ -69,3 +80,69 @@ def test_a_job_delivered_too_often_is_dead_lettered(client, tmp_path):
     r = redis.Redis.from_url(client.settings.redis.url)
     dead = [Job.decode(fields).execution_id for _, fields in r.xrange(keys.DEAD_LETTERS)]
     assert execution_id in dead
+
+
+def test_a_claimed_pipeline_resumes_after_its_finished_steps(client, tmp_path):
+    import json
+
+    from orchestrator.pipelines.graph import compile_plan, pending_steps
+    from orchestrator.pipelines.registry import spec_of
+
+    client.register_task(
+        make_task(tmp_path, "ran_before", 'raise FatalError("ran twice")', queue="resume")
+    )
+    client.register_task(
+        make_task(tmp_path, "runs_after", "return {'seen': input_data}", queue="resume")
+    )
+    path = tmp_path / "resumable.json"
+    path.write_text(
+        json.dumps(
+            {
+                "pipeline_id": "resumable",
+                "metadata": {"queue": "resume"},
+                "steps": [
+                    {"task_id": "ran_before"},
+                    {"task_id": "runs_after", "depends_on": ["ran_before"]},
+                ],
+            }
+        )
+    )
+    client.register_pipelines(path)
+    plan = compile_plan(spec_of(client.pipeline("resumable")), client.records.get_task)
+    # The dispatcher that died had finished the first step and kept its output.
+    steps = pending_steps(plan)
+    steps[0].status, steps[0].attempts = StepStatus.SUCCEEDED, 1
+    execution = ExecutionRecord(
+        execution_id=new_execution_id(),
+        kind="pipeline",
+        pipeline_id="resumable",
+        version=plan.version,
+        queue="resume",
+        input={"x": 1},
+        submitted_at=time.time(),
+        steps=steps,
+        status=ExecutionStatus.RUNNING,
+    )
+    client.records.insert_execution(execution)
+    client.objects.put(
+        keys.DATA_BUCKET,
+        keys.step_output_key(execution.execution_id, "ran_before"),
+        json.dumps({"kept": True}).encode(),
+    )
+    job = Job(
+        execution_id=execution.execution_id,
+        kind="pipeline",
+        target="resumable",
+        version=plan.version,
+        queue="resume",
+        submitted_at=execution.submitted_at,
+        input={"x": 1},
+        plan=plan.model_dump(mode="json"),
+    )
+    ghost_takes(client, "resume", job)
+
+    record = client.wait(execution.execution_id, timeout=60)
+
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    assert record.result == {"seen": {"x": 1, "ran_before": {"kept": True}}}
+    assert [s.attempts for s in record.steps] == [1, 1]

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from orchestrator import keys
 from orchestrator.errors import Cancelled
 from orchestrator.models import ErrorInfo, ExecutionRecord, StepRecord, StepStatus, TaskRecord
 from orchestrator.pipelines.graph import Plan, PlannedStep, pending_steps
@@ -38,12 +39,14 @@ class Driver:
         save: Save,
         timeout_override: Callable[[str], float | None] = lambda _task: None,
         cancelled: Callable[[str], Awaitable[bool]] | None = None,
+        kept: Callable[[str, str], Awaitable[Any]] | None = None,
     ):
         self.caller = caller
         self.tasks = tasks
         self.save = save
         self.timeout_override = timeout_override
         self.cancelled = cancelled
+        self.kept = kept  # (execution_id, step_id) -> a finished step's kept output
 
     async def run(
         self, plan: Plan, pipeline_input: Any, record: ExecutionRecord
@@ -52,6 +55,7 @@ class Driver:
         if len(record.steps) != len(plan.steps):
             record.steps = pending_steps(plan)
         run = _Run(plan, record, ray.put(pipeline_input))
+        await self._resume(run)
         await asyncio.gather(*(self._step(run, s) for s in plan.steps))
         failed = next((s for s in record.steps if s.status == StepStatus.FAILED), None)
         record.attempts = max(s.attempts for s in record.steps)  # the most any step took
@@ -66,8 +70,24 @@ class Driver:
             return record, None, ErrorInfo(type=error.type, message=message, step=failed.step_id)
         return record, await self._result(run), None
 
+    async def _resume(self, run: _Run) -> None:
+        """A claimed job's finished steps keep their outputs: they are not run again."""
+        if run.plan.kind != "pipeline" or self.kept is None:
+            return
+        for sr in run.record.steps:
+            if sr.status == StepStatus.SUCCEEDED:
+                output = await self.kept(run.record.execution_id, sr.step_id)
+                if output is not None:
+                    run.outputs[sr.step_id] = ray.put(output)
+                    run.done[sr.step_id].set()
+                    continue
+            if sr.status != StepStatus.PENDING:  # interrupted mid-step: run it again
+                sr.status, sr.started_at, sr.finished_at = StepStatus.PENDING, None, None
+
     async def _step(self, run: _Run, step: PlannedStep) -> None:
         sr = run.steps[step.step_id]
+        if run.done[step.step_id].is_set():  # resumed: finished before the interruption
+            return
         try:
             for dep in step.deps:
                 await run.done[dep].wait()
@@ -78,7 +98,14 @@ class Driver:
             async with run.slots:
                 task = await self.tasks(step.task_id, step.version, step.package_sha256)
                 await self._started(run, sr)
-                call = StepCall(step.step_id, step.reads, step.input_mapping, run.plan.caching)
+                keep_as = (
+                    keys.step_output_key(run.record.execution_id, step.step_id)
+                    if run.plan.kind == "pipeline" and self.kept is not None
+                    else None
+                )
+                call = StepCall(
+                    step.step_id, step.reads, step.input_mapping, run.plan.caching, keep_as
+                )
                 upstream = [run.outputs[r] for r in step.reads]
 
                 def invoke(replica: Any) -> tuple[Any, Any]:

@@ -57,6 +57,7 @@ class StepCall:
     reads: tuple[str, ...] = ()
     input_mapping: dict[str, str] | None = None
     cache: bool = False
+    keep_as: str | None = None  # object key to keep the output under, for resuming
 
 
 @dataclass
@@ -141,8 +142,10 @@ class Replica:
             ), cached
         outcome = self.call(document)
         result, outcome.result = outcome.result, None
-        if key and outcome.ok:
-            self._objects.put(keys.DATA_BUCKET, key, json.dumps(result).encode())
+        if outcome.ok and (key or step.keep_as):
+            data = json.dumps(result).encode()
+            for target in filter(None, (key, step.keep_as)):
+                self._objects.put(keys.DATA_BUCKET, target, data)
         return outcome, result
 
     def _cache_key(self, document: Any) -> str:
