@@ -193,6 +193,8 @@ class Dispatcher:
                 record = await self._execute(job, record)
                 await asyncio.to_thread(self._store_result, record)
                 await asyncio.to_thread(self.records.save_execution, record)
+                if record.kind == "pipeline":  # recorded terminal: nothing to resume
+                    await asyncio.to_thread(self._forget_kept_outputs, record)
             await self.redis.xack(stream, keys.CONSUMER_GROUP, entry_id)
             if record is not None:
                 await self._publish(record)
@@ -242,6 +244,13 @@ class Dispatcher:
         )
         record, result, error = await driver.run(plan, job.input, record)
         return _finish(record, result, error)
+
+    def _forget_kept_outputs(self, record: ExecutionRecord) -> None:
+        """Once an execution is recorded terminal, its steps need not resume."""
+        for step in record.steps:
+            self.objects.delete(
+                keys.DATA_BUCKET, keys.step_output_key(record.execution_id, step.step_id)
+            )
 
     async def _kept_output(self, execution_id: str, step_id: str) -> Any:
         """A finished step's output from before this job was claimed, or None."""

@@ -146,3 +146,7 @@ def test_a_claimed_pipeline_resumes_after_its_finished_steps(client, tmp_path):
     assert record.status == ExecutionStatus.SUCCEEDED, record.error
     assert record.result == {"seen": {"x": 1, "ran_before": {"kept": True}}}
     assert [s.attempts for s in record.steps] == [1, 1]
+    # Once recorded, the kept outputs are gone: nothing left to resume.
+    assert not client.objects.exists(
+        keys.DATA_BUCKET, keys.step_output_key(execution.execution_id, "ran_before")
+    )
