@@ -8,6 +8,7 @@ import cv2
 
 from orchestrator import SimpleTask
 from orchestrator.images import image_from_input
+from orchestrator.vision import MIN_NEIGHBORS, MIN_SIZE, SCALE_FACTOR, detect_faces, load_cascade
 
 SAMPLE = Path(__file__).parent / "sample.jpg"
 
@@ -16,10 +17,7 @@ class Task(SimpleTask):
     """Detects faces; the cascade loads once per replica in ``setup``."""
 
     def setup(self) -> None:
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-        self.face_cascade = cv2.CascadeClassifier(path)
-        if self.face_cascade.empty():
-            raise RuntimeError(f"could not load the Haar cascade {path}")
+        self.face_cascade = load_cascade()
 
     def process(self, input_data: dict) -> dict:
         if input_data.get("demo_mode"):
@@ -27,15 +25,12 @@ class Task(SimpleTask):
         image = image_from_input(input_data, self.objects)
         params = input_data.get("parameters") or {}
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        min_size = int(params.get("min_size", 30))
-        boxes = self.face_cascade.detectMultiScale(
+        faces = detect_faces(
+            self.face_cascade,
             gray,
-            scaleFactor=float(params.get("scale_factor", 1.1)),
-            minNeighbors=int(params.get("min_neighbors", 5)),
-            minSize=(min_size, min_size),
+            scale_factor=float(params.get("scale_factor", SCALE_FACTOR)),
+            min_neighbors=int(params.get("min_neighbors", MIN_NEIGHBORS)),
+            min_size=int(params.get("min_size", MIN_SIZE)),
         )
-        faces = [
-            {"face_id": i, "bbox": [int(x), int(y), int(w), int(h)], "confidence": 1.0}
-            for i, (x, y, w, h) in enumerate(sorted(map(tuple, boxes), key=lambda b: (b[1], b[0])))
-        ]
+        faces = [{**face, "confidence": 1.0} for face in faces]
         return {"faces": faces, "face_count": len(faces), "image_size": list(image.shape[:2])}

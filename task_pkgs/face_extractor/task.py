@@ -9,15 +9,13 @@ import cv2
 import numpy as np
 
 from orchestrator import MLTask
-from orchestrator.errors import FatalError, ValidationError
+from orchestrator.errors import FatalError
 from orchestrator.images import image_from_input
+from orchestrator.vision import check_faces, detect_faces, load_cascade
 
 MODEL = Path(__file__).parent / "model.npz"
 
 # Detection when the input carries no faces: face_detection's defaults.
-SCALE_FACTOR = 1.1
-MIN_NEIGHBORS = 5
-MIN_SIZE = 30
 
 
 class Task(MLTask):
@@ -29,10 +27,7 @@ class Task(MLTask):
 
     def setup(self) -> None:
         super().setup()  # self.model = self.load_model()
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-        self.face_cascade = cv2.CascadeClassifier(path)
-        if self.face_cascade.empty():
-            raise RuntimeError(f"could not load the Haar cascade {path}")
+        self.face_cascade = load_cascade()
 
     def load_model(self) -> dict[str, Any]:
         try:
@@ -58,9 +53,9 @@ class Task(MLTask):
         image = image_from_input(input_data, self.objects)
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if input_data.get("faces") is None:
-            faces = self.detect(gray)
+            faces = detect_faces(self.face_cascade, gray)
         else:
-            faces = checked_faces(input_data["faces"], gray.shape)
+            faces = check_faces(input_data["faces"], gray.shape)
         size = self.model["size"]
         crops = np.zeros((len(faces), size * size), dtype=np.float32)
         for row, face in enumerate(faces):
@@ -95,35 +90,3 @@ class Task(MLTask):
         small = cv2.equalizeHist(small)
         small = cv2.GaussianBlur(small, (0, 0), self.model["blur_sigma"])
         return small.reshape(-1).astype(np.float32) / 255.0
-
-    def detect(self, gray: np.ndarray) -> list[dict[str, Any]]:
-        """Faces found the way face_detection finds them, in the same order."""
-        boxes = self.face_cascade.detectMultiScale(
-            gray,
-            scaleFactor=SCALE_FACTOR,
-            minNeighbors=MIN_NEIGHBORS,
-            minSize=(MIN_SIZE, MIN_SIZE),
-        )
-        ordered = sorted(map(tuple, boxes), key=lambda b: (b[1], b[0]))
-        return [{"face_id": i, "bbox": [int(v) for v in box]} for i, box in enumerate(ordered)]
-
-
-def checked_faces(faces: list[dict], shape: tuple[int, ...]) -> list[dict[str, Any]]:
-    """The input's faces, each bbox inside the image and each face_id used once."""
-    height, width = shape[:2]
-    seen: set[str] = set()
-    checked = []
-    for face in faces:
-        face_id = face["face_id"]
-        if str(face_id) in seen:
-            raise ValidationError(f"face {face_id!r} appears more than once in 'faces'")
-        seen.add(str(face_id))
-        x, y, w, h = face["bbox"]
-        if w <= 0 or h <= 0:
-            raise ValidationError(f"face {face_id!r}: bbox {face['bbox']} has no area")
-        if x < 0 or y < 0 or x + w > width or y + h > height:
-            raise ValidationError(
-                f"face {face_id!r}: bbox {face['bbox']} lies outside the {width}x{height} image"
-            )
-        checked.append({"face_id": face_id, "bbox": [x, y, w, h]})
-    return checked
