@@ -21,7 +21,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from orchestrator import Client, stack  # noqa: E402
 from orchestrator.models import ExecutionRecord, ExecutionStatus, StepRecord  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
+from orchestrator.testing import write_task  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results.md"
 IMAGE = ROOT / "data" / "images" / "astronaut_grid.jpg"
@@ -50,27 +50,6 @@ RUN_TIMEOUT_S = 180.0  # a run that takes longer than this is a failure
 
 
 # helpers -------------------------------------------------------------------
-def make_task(folder: Path, task_id: str, body: str, **spec: Any) -> Path:
-    """A task package whose ``Task.process`` has the given body (``time`` imported)."""
-    folder = folder / task_id
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "task_id": task_id,
-        "name": task_id,
-        "version": "1.0.0",
-        "entry_point": "task.Task",
-        "timeout": 60,
-        "max_retries": 0,
-        **spec,
-    }
-    (folder / "task.json").write_text(json.dumps(doc))
-    code = "import time\n\nfrom orchestrator import SimpleTask\n\n\n"
-    code += "class Task(SimpleTask):\n    def process(self, input_data):\n"
-    code += textwrap.indent(textwrap.dedent(body).strip() + "\n", " " * 8)
-    (folder / "task.py").write_text(code)
-    return folder
-
-
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -159,9 +138,11 @@ def write_pipelines(path: Path, pipelines: list[dict], global_settings: dict) ->
 def bench_sleep(client: Client, work: Path) -> dict[str, Any]:
     pkgs = work / "pkgs"
     bc = {"replicas": {"min": 0, "max": 1, "max_concurrency": 1}}
-    make_task(pkgs, "sleep_a", f"time.sleep({A_SLEEP})\nreturn {{'slept': {A_SLEEP}}}")
-    make_task(pkgs, "sleep_b", f"time.sleep({T})\nreturn {{'slept': {T}}}", **bc)
-    make_task(pkgs, "sleep_c", f"time.sleep({T})\nreturn {{'slept': {T}}}", **bc)
+    write_task(
+        pkgs, "sleep_a", f"import time\ntime.sleep({A_SLEEP})\nreturn {{'slept': {A_SLEEP}}}"
+    )
+    write_task(pkgs, "sleep_b", f"import time\ntime.sleep({T})\nreturn {{'slept': {T}}}", **bc)
+    write_task(pkgs, "sleep_c", f"import time\ntime.sleep({T})\nreturn {{'slept': {T}}}", **bc)
     for task_id in ("sleep_a", "sleep_b", "sleep_c"):
         client.register_task(pkgs / task_id)
 
@@ -241,7 +222,7 @@ class Noop:
 def bench_overhead(client: Client, work: Path, settings: Settings) -> dict[str, Any]:
     import ray
 
-    client.register_task(make_task(work / "pkgs", "sleep0", "return {}"))
+    client.register_task(write_task(work / "pkgs", "sleep0", "return {}"))
     for _ in range(WARMUP_CALLS):
         run_once(client, "sleep0", {})
     system, durations, waits = [], [], []

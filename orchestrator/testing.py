@@ -7,8 +7,11 @@ task({"image_path": "data/images/astronaut.jpg"})["face_count"]
 
 from __future__ import annotations
 
+import json
 import tempfile
+import textwrap
 from pathlib import Path
+from typing import Any
 
 from orchestrator.objects.local import LocalObjectStore
 from orchestrator.packages import register
@@ -23,3 +26,28 @@ def load_package(folder: str | Path, scratch: str | Path | None = None) -> TaskR
     objects = LocalObjectStore(scratch / "objects")
     record, _ = register(Path(folder), records, objects)
     return TaskRunner.load(record, objects, scratch / "cache")
+
+
+def write_task(parent: str | Path, task_id: str, body: str, **spec: Any) -> Path:
+    """Write a one-file task package whose ``Task.process`` has the given body.
+
+    The body sees ``input_data``, ``self`` (with a class counter ``calls``) and
+    the SDK's ``FatalError`` and ``RetryableError``; ``spec`` adds task.json fields.
+    """
+    folder = Path(parent) / task_id
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "task_id": task_id,
+        "name": task_id,
+        "version": "1.0.0",
+        "entry_point": "task.Task",
+        "timeout": 30,
+        "max_retries": 0,
+        **spec,
+    }
+    (folder / "task.json").write_text(json.dumps(doc))
+    code = "from orchestrator import FatalError, RetryableError, SimpleTask\n\n\n"
+    code += "class Task(SimpleTask):\n    calls = 0\n\n    def process(self, input_data):\n"
+    code += textwrap.indent(textwrap.dedent(body).strip() + "\n", " " * 8)
+    (folder / "task.py").write_text(code)
+    return folder

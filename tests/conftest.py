@@ -6,14 +6,13 @@ temporary WTM_HOME; tests isolate themselves by using their own task ids.
 
 from __future__ import annotations
 
-import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from orchestrator import Client, stack
 from orchestrator.settings import Settings
+from orchestrator.testing import write_task
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "data" / "images"
@@ -68,39 +67,4 @@ def cli_env(monkeypatch, wtm_home, stack_settings):
     return wtm_home
 
 
-def make_task(folder: Path, task_id: str, body: str, **spec) -> Path:
-    """Write a task package whose Task.process has the given body."""
-    folder = folder / task_id
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "task_id": task_id,
-        "name": task_id,
-        "version": "1.0.0",
-        "entry_point": "task.Task",
-        "timeout": 30,
-        "max_retries": 0,
-        **spec,
-    }
-    (folder / "task.json").write_text(json.dumps(doc))
-    code = "from orchestrator import FatalError, RetryableError, SimpleTask\n\n\n"
-    code += "class Task(SimpleTask):\n    calls = 0\n\n    def process(self, input_data):\n"
-    code += textwrap.indent(textwrap.dedent(body).strip() + "\n", " " * 8)
-    (folder / "task.py").write_text(code)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> str:
-    """``host:port`` of an S3-compatible server (moto) shared by the session.
-
-    Tests keep apart by bucket names of their own (MinioObjectStore's bucket_prefix).
-    """
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"{host}:{port}"
-    finally:
-        server.stop()
+make_task = write_task  # the tests' name for it
