@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cli.common import console, print_json, state, when
+from cli.executions import steps_table
 from cli.run import exit_unless_succeeded, show_record
 from orchestrator.inputs import parse_input
 from orchestrator.pipelines.registry import mermaid, spec_of
@@ -148,8 +149,6 @@ def execute(
     record = client.run(pipeline_id, document, priority=priority, version=version, timeout=timeout)
     show_record(record, as_json)
     if not as_json:
-        from cli.executions import steps_table
-
         console.print(steps_table(record))
     exit_unless_succeeded(record, timeout)
 
