@@ -68,3 +68,20 @@ def cli_env(monkeypatch, wtm_home, stack_settings):
 
 
 make_task = write_task  # the tests' name for it
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """``host:port`` of an S3-compatible server (moto) shared by the session.
+
+    Tests keep apart by bucket names of their own (MinioObjectStore's bucket_prefix).
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"{host}:{port}"
+    finally:
+        server.stop()

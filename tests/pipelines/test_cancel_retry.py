@@ -52,13 +52,23 @@ def test_cancelling_a_running_pipeline_stops_it_before_the_next_step(client, tmp
 
 
 def test_cancelling_a_job_that_waits_for_a_busy_replica_stops_it(client, tmp_path):
-    body = "import time\ntime.sleep(float(input_data['s']))\nreturn {'s': input_data['s']}"
+    body = """
+    import pathlib, time
+    if input_data.get("marker"):
+        pathlib.Path(input_data["marker"]).touch()
+    time.sleep(float(input_data["s"]))
+    return {"s": input_data["s"]}
+    """
     client.register_task(
         make_task(tmp_path, "one_lane", body, replicas={"min": 0, "max": 1, "max_concurrency": 1})
     )
-    busy = client.submit("one_lane", {"s": 2})
-    waiting = client.submit("one_lane", {"s": 0})
+    marker = tmp_path / "busy"
+    busy = client.submit("one_lane", {"s": 2, "marker": str(marker)})
     deadline = time.monotonic() + 30
+    while not marker.exists():  # the only replica is now busy
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    waiting = client.submit("one_lane", {"s": 0})
     while client.execution(waiting).status != "running":  # picked up, waiting for the slot
         assert time.monotonic() < deadline
         time.sleep(0.05)
