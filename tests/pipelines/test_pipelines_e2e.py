@@ -80,6 +80,7 @@ def test_steps_of_a_parallel_group_overlap(client, tmp_path):
             ],
         },
     )
+    client.run(pid, {})  # warm: replicas start on demand, at different speeds
     record = client.run(pid, {})
     assert record.status == ExecutionStatus.SUCCEEDED, record.error
     steps = {s.step_id: s for s in record.steps}
