@@ -61,6 +61,7 @@ def monitor(
             time.sleep(interval)  # a display refresh, not a synchronisation
             live.update(_table(worker_status(records, settings)))
             shown += 1
+    console.print()  # end the live view's last line
 
 
 @app.command()

@@ -12,7 +12,7 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import NotFoundError, SpecError
 from orchestrator.taskspec import ID_PATTERN, describe
 
 _STRICT = ConfigDict(extra="forbid")
@@ -112,7 +112,7 @@ def load_file(path: Path) -> list[PipelineSpec]:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError as e:
-        raise SpecError(f"{path}: no such pipeline file") from e
+        raise NotFoundError(f"{path}: no such pipeline file") from e
     except json.JSONDecodeError as e:
         raise SpecError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}") from e
     return parse_document(data, str(path))

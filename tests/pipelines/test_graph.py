@@ -195,3 +195,8 @@ def test_seed_config_pipeline_with_a_custom_unmapped_step_compiles():
     plan = compile_plan(parse_document(data, "my_pipeline.json")[0], lookup)
     assert [s.step_id for s in plan.steps] == ["a", "b"]
     assert plan.steps[1].reads == ("a",)
+
+
+def test_a_missing_pipeline_file_is_not_found_like_a_missing_task_folder(tmp_path):
+    with pytest.raises(NotFoundError, match="no such pipeline file"):
+        load_file(tmp_path / "absent.json")
