@@ -9,9 +9,9 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
+from cli import run
 from cli.common import console, print_json, state, when
 from cli.executions import steps_table
-from cli.run import exit_unless_succeeded, show_record
 from orchestrator.inputs import parse_input
 from orchestrator.pipelines.registry import mermaid, spec_of
 
@@ -141,16 +141,17 @@ def execute(
     """Run a pipeline through the queue; prints its result and per-step timings."""
     client = state(ctx).client
     client.pipeline(pipeline_id, version)  # a pipeline, not a task of that name
-    document = parse_input(input_text)
-    if not wait:
-        execution_id = client.submit(pipeline_id, document, priority=priority, version=version)
-        print_json({"execution_id": execution_id}) if as_json else console.print(execution_id)
-        return
-    record = client.run(pipeline_id, document, priority=priority, version=version, timeout=timeout)
-    show_record(record, as_json)
-    if not as_json:
-        console.print(steps_table(record))
-    exit_unless_succeeded(record, timeout)
+    run.execute(
+        client,
+        pipeline_id,
+        parse_input(input_text),
+        wait=wait,
+        priority=priority,
+        version=version,
+        timeout=timeout,
+        as_json=as_json,
+        extra=lambda record: console.print(steps_table(record)),
+    )
 
 
 @app.command()

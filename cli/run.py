@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import typer
 
 from cli.common import (
@@ -13,6 +16,7 @@ from cli.common import (
     state,
     status_style,
 )
+from orchestrator import Client
 from orchestrator.inputs import parse_input
 from orchestrator.models import ExecutionRecord, ExecutionStatus
 
@@ -30,14 +34,39 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the execution record as JSON."),
 ) -> None:
     """Run a task or a pipeline through the queue and (by default) wait for it."""
-    client = state(ctx).client
-    document = parse_input(input_text)
+    execute(
+        state(ctx).client,
+        target,
+        parse_input(input_text),
+        wait=wait,
+        priority=priority,
+        version=version,
+        timeout=timeout,
+        as_json=as_json,
+    )
+
+
+def execute(
+    client: Client,
+    target: str,
+    document: Any,
+    *,
+    wait: bool,
+    priority: int | None,
+    version: str | None,
+    timeout: float | None,
+    as_json: bool,
+    extra: Callable[[ExecutionRecord], None] | None = None,
+) -> None:
+    """Submit (printing the id) or run and show the record; shared by run and execute."""
     if not wait:
         execution_id = client.submit(target, document, priority=priority, version=version)
         print_json({"execution_id": execution_id}) if as_json else console.print(execution_id)
         return
     record = client.run(target, document, priority=priority, version=version, timeout=timeout)
     show_record(record, as_json)
+    if extra and not as_json:
+        extra(record)
     exit_unless_succeeded(record, timeout)
 
 
