@@ -32,7 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import Client, stack  # noqa: E402
+from orchestrator import Client, cluster, stack  # noqa: E402
 from orchestrator.models import ExecutionRecord, ExecutionStatus, StepRecord  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 from orchestrator.testing import write_task  # noqa: E402
@@ -232,7 +232,7 @@ def bench_overhead(client: Client, work: Path, settings: Settings) -> dict[str, 
         durations.append(record.duration or float("nan"))
         waits.append(record.queue_wait or 0.0)
 
-    stack.connect_ray(settings)
+    cluster.connect(settings)
     actor = ray.remote(Noop).remote()
     for _ in range(WARMUP_CALLS):
         ray.get(actor.f.remote())

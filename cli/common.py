@@ -14,9 +14,11 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from orchestrator import Client
+from orchestrator import Client, stack
 from orchestrator.errors import OrchestratorError
+from orchestrator.models import ExecutionRecord
 from orchestrator.settings import Settings, load_settings
+from orchestrator.workers import Workers
 
 # Piped or captured output is not cut to 80 columns: tables stay readable in logs.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -52,8 +54,17 @@ class AppState:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.settings, notify=lambda msg: err_console.print(msg))
+            self._client = Client(self.settings, notify=notify)
         return self._client
+
+    def workers(self) -> Workers:
+        """Control of the replicas: starts the stack first if it is down (and says so)."""
+        return Workers(stack.ensure(self.settings, notify))
+
+
+def notify(message: str) -> None:
+    """One line on stderr: what a command did beside what was asked (started the stack)."""
+    err_console.print(message)
 
 
 def state(ctx: typer.Context) -> AppState:
@@ -143,3 +154,53 @@ def _cell(value: Any) -> str:
     if isinstance(value, list) and len(value) > 8:
         return f"[{len(value)} values]"
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def show_record(record: ExecutionRecord, as_json: bool) -> None:
+    """An execution as JSON, or as a status line, its error and its result."""
+    if as_json:
+        print_json(record)
+        return
+    console.print(
+        f"{record.execution_id} {record.target} {status_style(record.status.value)} "
+        f"attempts {record.attempts} worker {record.worker_id or '-'} "
+        f"queue wait {seconds(record.queue_wait)} run {seconds(record.duration)}"
+    )
+    if record.error:
+        console.print(f"[red]{record.error.type}[/red]: {record.error.message}", highlight=False)
+    if record.result is not None:
+        render_result(record.result)
+    elif record.result_ref:
+        console.print(f"result stored at {record.result_ref}")
+
+
+def steps_table(record: ExecutionRecord) -> Table:
+    """Each step with its status, attempts, timing and worker."""
+    table = Table(title="steps")
+    for column in (
+        "step",
+        "task",
+        "status",
+        "attempts",
+        "started",
+        "duration",
+        "cache",
+        "worker",
+        "error",
+    ):
+        table.add_column(column)
+    base = record.started_at or record.submitted_at
+    for s in record.steps:
+        offset = f"+{seconds(s.started_at - base)}" if s.started_at else "-"
+        table.add_row(
+            s.step_id,
+            s.task_id,
+            status_style(s.status.value),
+            str(s.attempts),
+            offset,
+            seconds(s.duration),
+            "hit" if s.cache_hit else "",
+            s.worker_id or "-",
+            s.error.message if s.error else "",
+        )
+    return table

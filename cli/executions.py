@@ -5,8 +5,17 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cli.common import console, print_json, seconds, size, state, status_style, when
-from cli.run import show_record
+from cli.common import (
+    console,
+    print_json,
+    seconds,
+    show_record,
+    size,
+    state,
+    status_style,
+    steps_table,
+    when,
+)
 
 app = typer.Typer(help="Execution history.", no_args_is_help=True)
 
@@ -65,38 +74,6 @@ def show(
         return
     show_record(record, as_json=False)
     console.print(steps_table(record))
-
-
-def steps_table(record) -> Table:
-    """Each step with its status, attempts, timing and worker."""
-    table = Table(title="steps")
-    for column in (
-        "step",
-        "task",
-        "status",
-        "attempts",
-        "started",
-        "duration",
-        "cache",
-        "worker",
-        "error",
-    ):
-        table.add_column(column)
-    base = record.started_at or record.submitted_at
-    for s in record.steps:
-        offset = f"+{seconds(s.started_at - base)}" if s.started_at else "-"
-        table.add_row(
-            s.step_id,
-            s.task_id,
-            status_style(s.status.value),
-            str(s.attempts),
-            offset,
-            seconds(s.duration),
-            "hit" if s.cache_hit else "",
-            s.worker_id or "-",
-            s.error.message if s.error else "",
-        )
-    return table
 
 
 @app.command()

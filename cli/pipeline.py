@@ -10,14 +10,11 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cli import run
-from cli.common import console, print_json, state, when
-from cli.executions import steps_table
+from cli.common import console, print_json, state, steps_table, when
 from orchestrator.inputs import parse_input
-from orchestrator.pipelines.registry import mermaid, spec_of
+from orchestrator.pipelines.registry import mermaid
 
 app = typer.Typer(help="Register, inspect and execute pipelines.", no_args_is_help=True)
-
-BUILTIN = Path("pipelines")
 
 
 @app.command()
@@ -31,17 +28,16 @@ def register(
     """Validate and store pipelines (every file in pipelines/ when none is named)."""
     client = state(ctx).client
     paths = list(files or []) + ([json_config] if json_config else [])
-    if not paths:
-        paths = sorted(BUILTIN.glob("*.json"))
-    done = []
-    for path in paths:
-        for record, changed in client.register_pipelines(path, force=force):
-            done.append(record)
-            if not as_json:
-                verb = "registered" if changed else "unchanged"
-                console.print(f"{verb} {record.pipeline_id} {record.version} from {path}")
+    if paths:
+        done = [d for path in paths for d in client.register_pipelines(path, force=force)]
+    else:
+        done = client.register_pipeline_files(Path("pipelines"), force=force)
     if as_json:
-        print_json(done)
+        print_json([record for record, _ in done])
+        return
+    for record, changed in done:
+        verb = "registered" if changed else "unchanged"
+        console.print(f"{verb} {record.pipeline_id} {record.version}")
 
 
 @app.command("list")
@@ -56,7 +52,7 @@ def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> 
     for column in ("version", "name", "steps", "groups", "enabled", "registered"):
         table.add_column(column)
     for r in records:
-        spec = spec_of(r)
+        spec = r.spec
         groups = sorted({s.parallel_group for s in spec.steps if s.parallel_group})
         table.add_row(
             r.pipeline_id,
@@ -79,7 +75,7 @@ def info(
 ) -> None:
     """Steps as a tree with dependencies and groups, then a Mermaid graph."""
     record = state(ctx).client.pipeline(pipeline_id, version)
-    spec = spec_of(record)
+    spec = record.spec
     if as_json:
         print_json({**record.model_dump(mode="json"), "mermaid": mermaid(spec)})
         return
@@ -120,7 +116,7 @@ def validate(ctx: typer.Context, file: Path) -> None:
     plans = state(ctx).client.validate_pipelines(file)
     for plan in plans:
         console.print(
-            f"[green]valid[/green] {plan.pipeline_id}: " + " → ".join(s.step_id for s in plan.steps)
+            f"[green]valid[/green] {plan.target}: " + " → ".join(s.step_id for s in plan.steps)
         )
 
 

@@ -7,15 +7,7 @@ from typing import Any
 
 import typer
 
-from cli.common import (
-    console,
-    err_console,
-    print_json,
-    render_result,
-    seconds,
-    state,
-    status_style,
-)
+from cli.common import console, err_console, print_json, show_record, state
 from orchestrator import Client
 from orchestrator.inputs import parse_input
 from orchestrator.models import ExecutionRecord, ExecutionStatus
@@ -80,21 +72,3 @@ def exit_unless_succeeded(record: ExecutionRecord, timeout: float | None) -> Non
             f"`wtm executions show {record.execution_id}`"
         )
     raise typer.Exit(1)
-
-
-def show_record(record: ExecutionRecord, as_json: bool) -> None:
-    """An execution as JSON, or as a status line, its error and its result."""
-    if as_json:
-        print_json(record)
-        return
-    console.print(
-        f"{record.execution_id} {record.target} {status_style(record.status.value)} "
-        f"attempts {record.attempts} worker {record.worker_id or '-'} "
-        f"queue wait {seconds(record.queue_wait)} run {seconds(record.duration)}"
-    )
-    if record.error:
-        console.print(f"[red]{record.error.type}[/red]: {record.error.message}", highlight=False)
-    if record.result is not None:
-        render_result(record.result)
-    elif record.result_ref:
-        console.print(f"result stored at {record.result_ref}")

@@ -7,10 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import console, print_json, render_result, seconds, state
-from cli.executions import steps_table
+from cli.common import console, print_json, render_result, seconds, state, steps_table
 from orchestrator import stack
-from orchestrator.errors import ExecutionFailed
+from orchestrator.demo import run_demo
 
 
 def up(ctx: typer.Context) -> None:
@@ -56,30 +55,13 @@ def demo(
 ) -> None:
     """Register the examples and run the face processing pipeline on a sample photo."""
     client = state(ctx).client
-    for folder in sorted(p for p in tasks_dir.iterdir() if (p / "task.json").is_file()):
-        record, changed = client.register_task(folder)
-        verb = "registered" if changed else "already registered"
-        console.print(f"{verb} task {record.task_id} {record.version} ({record.sha256[:12]})")
-    for path in sorted(pipelines_dir.glob("*.json")):
-        for pipeline, changed in client.register_pipelines(path):
-            verb = "registered" if changed else "already registered"
-            console.print(f"{verb} pipeline {pipeline.pipeline_id} {pipeline.version}")
-    with console.status(f"running face_processing_pipeline on {image} through the queue"):
-        record = client.run("face_processing_pipeline", {"image_path": str(image)})
-    if record.error:
-        raise ExecutionFailed(record)
-    faces = [
-        {
-            "face_id": f["face_id"],
-            "bbox": f["bbox"],
-            **f.get("attributes", {}),
-            "features": f"{len(f.get('features', []))}-d, first {f['features'][0]:+.3f}"
-            if f.get("features")
-            else "-",
-        }
-        for f in record.result["faces"]
-    ]
-    render_result({"faces": faces}, title="faces")
+    with console.status(f"registering the examples, then running the face pipeline on {image}"):
+        done = run_demo(client, image, tasks_dir, pipelines_dir)
+    for r in done.registered:
+        verb = "registered" if r.changed else "already registered"
+        console.print(f"{verb} {r.kind} {r.name} {r.version} ({r.sha256[:12]})")
+    record = done.record
+    render_result({"faces": done.faces}, title="faces")
     console.print(steps_table(record))
     console.print(
         f"{record.result['summary']['face_count']} face(s) on {image.name}; execution "

@@ -64,10 +64,10 @@ def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> 
         table.add_row(
             r.task_id,
             r.version,
-            s["name"],
-            s["queue"],
-            str(s["priority"]),
-            f"{s['timeout']:g} s",
+            s.name,
+            s.queue,
+            str(s.priority),
+            f"{s.timeout:g} s" if s.timeout else "default",
             r.sha256[:12],
             size(r.size),
             when(r.registered_at),
@@ -85,11 +85,18 @@ def info(
     """A task's metadata, schemas and versions."""
     client = state(ctx).client
     record = client.task(task_id, version)
-    versions = [r for r in client.tasks() if r.task_id == task_id]
+    versions = client.task_versions(task_id)
+    policy = client.plan(task_id, record.version).steps[0].policy
     if as_json:
-        print_json({**record.model_dump(mode="json"), "versions": [v.version for v in versions]})
+        print_json(
+            {
+                **record.model_dump(mode="json"),
+                "versions": [v.version for v in versions],
+                "policy": policy.model_dump(),
+            }
+        )
         return
-    s = record.spec
+    s = record.spec.model_dump()
     tree = Tree(f"[bold]{record.task_id}[/bold] {record.version}: {s['name']}")
     tree.add(s.get("description") or "(no description)")
     meta = tree.add("metadata")
@@ -106,6 +113,10 @@ def info(
     ):
         meta.add(f"{key}: {s.get(key)}")
     meta.add(f"sha256: {record.sha256} ({size(record.size)})")
+    meta.add(
+        f"runs with: timeout {policy.timeout:g} s, {policy.retries} retries "
+        "(task.json, else worker.task_configs, else the system defaults)"
+    )
     for key in ("input_schema", "output_schema"):
         branch = tree.add(key)
         for line in json.dumps(s.get(key) or {}, indent=2).splitlines():

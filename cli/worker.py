@@ -9,9 +9,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cli.common import console, print_json, seconds, size, state
-from orchestrator.models import WorkerRecord
-from orchestrator.records import open_records
-from orchestrator.workers import Workers, worker_status
+from orchestrator.models import WorkerRecord, WorkerState
 
 app = typer.Typer(help="Replicas that serve the tasks.", no_args_is_help=True)
 
@@ -25,7 +23,7 @@ def start(
     replicas: int = typer.Option(1, min=1, help="Replicas to keep per task."),
 ) -> None:
     """Start replicas (loading each task once) and optionally a dispatcher."""
-    workers = Workers(state(ctx).settings)
+    workers = state(ctx).workers()
     queue_list = [q for q in (queues or "").split(",") if q]
     with console.status("starting replicas (models load once per replica)"):
         started = workers.start(task or None, replicas, queue_list, concurrency)
@@ -38,8 +36,7 @@ def start(
 @app.command()
 def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Every replica's last heartbeat (silent ones are shown dead)."""
-    settings = state(ctx).settings
-    workers = worker_status(open_records(settings), settings)
+    workers = state(ctx).client.workers()
     if as_json:
         print_json(workers)
     else:
@@ -53,13 +50,12 @@ def monitor(
     count: int = typer.Option(0, min=0, help="Stop after this many refreshes (0: never)."),
 ) -> None:
     """A live view of every replica, refreshed until Ctrl-C."""
-    settings = state(ctx).settings
-    records = open_records(settings)
+    client = state(ctx).client
     shown = 0
-    with Live(_table(worker_status(records, settings)), console=console) as live:
+    with Live(_table(client.workers()), console=console) as live:
         while count == 0 or shown < count:
             time.sleep(interval)  # a display refresh, not a synchronisation
-            live.update(_table(worker_status(records, settings)))
+            live.update(_table(client.workers()))
             shown += 1
     console.print()  # end the live view's last line
 
@@ -73,7 +69,7 @@ def stop(
     ),
 ) -> None:
     """Stop replicas (all, or one task's); jobs start them again on demand."""
-    workers = Workers(state(ctx).settings)
+    workers = state(ctx).workers()
     if dispatchers:
         names = workers.stop_dispatchers()
         console.print(
@@ -94,7 +90,7 @@ def scale(
     version: str | None = typer.Option(None),
 ) -> None:
     """Pin a task to N replicas (0 lets it scale on demand again)."""
-    Workers(state(ctx).settings).scale(task_id, count, version)
+    state(ctx).workers().scale(task_id, count, version)
     console.print(f"{task_id}: scaling to {count} replica(s)")
 
 
@@ -118,13 +114,17 @@ def _table(workers: list[WorkerRecord]) -> Table:
         table.add_column(column)
     now = time.time()
     for w in workers:
-        colour = {"dead": "red", "busy": "yellow", "broken": "magenta"}.get(w.state, "green")
+        colour = {
+            WorkerState.DEAD: "red",
+            WorkerState.BUSY: "yellow",
+            WorkerState.BROKEN: "magenta",
+        }.get(w.state, "green")
         age = f"{now - w.heartbeat_at:.0f}s ago" if w.heartbeat_at else "-"
         table.add_row(
             w.worker_id,
             w.node or "-",
             str(w.pid or "-"),
-            f"[{colour}]{w.state}[/]",
+            f"[{colour}]{w.state.value}[/]",
             str(w.in_flight),
             str(w.processed),
             str(w.failed),

@@ -44,12 +44,20 @@ class ConflictError(OrchestratorError):
     exit_code = 4
 
 
+class IllegalTransition(ConflictError):
+    """Raised when a status change is not one the lifecycle allows (a bug, or a race lost)."""
+
+
 class PackageError(OrchestratorError):
     """Raised when a task package cannot be built, verified, extracted or loaded."""
 
 
 class StackError(OrchestratorError):
     """Raised when the embedded stack cannot start, stop or be reached."""
+
+
+class ReplicaUnavailable(OrchestratorError):
+    """Raised when no replica of a task could start (it cannot be placed, or failed to load)."""
 
 
 class TaskError(OrchestratorError):
@@ -79,16 +87,16 @@ class TaskTimeoutError(RetryableError):
 
 
 class Cancelled(OrchestratorError):
-    """Recorded as the error of an execution a user cancelled."""
+    """Raised where a cancelled execution would start a step; its type is recorded as the error."""
 
 
 class ExecutionFailed(OrchestratorError):
     """Raised by a waiting client when the execution ended in failure."""
 
     def __init__(self, record):  # record: ExecutionRecord
-        error = record.error or {}
+        error = record.error
+        kind, message = (error.type, error.message) if error else ("Error", "")
         super().__init__(
-            f"execution {record.execution_id} {record.status.value}: "
-            f"{error.get('type', 'Error')}: {error.get('message', '')}"
+            f"execution {record.execution_id} {record.status.value}: {kind}: {message}"
         )
         self.record = record

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Redis -------------------------------------------------------------------
 PREFIX = "wtm"
-CONSUMER_GROUP = "wtm-dispatchers"
+CONSUMER_GROUP = f"{PREFIX}-dispatchers"
 QUEUES_SET = f"{PREFIX}:queues"  # every queue name a job was ever sent to
 DEAD_LETTERS = f"{PREFIX}:dead"  # stream of jobs that kept failing delivery
 
@@ -36,12 +36,38 @@ def cancel_flag(execution_id: str) -> str:
     return f"{PREFIX}:cancel:{execution_id}"
 
 
-# Ray ---------------------------------------------------------------------
-def dispatcher_name(n: int) -> str:
-    return f"{PREFIX}:dispatcher#{n}"
+def dispatcher_alive(consumer: str) -> str:
+    """Expiring key a live dispatcher refreshes; `wtm health` counts them."""
+    return f"{PREFIX}:alive:dispatcher:{consumer}"
 
 
+# Ray (named actors, all in the settings' namespace) --------------------------
 CONTROLLER = f"{PREFIX}:controller"
+_DISPATCHER = f"{PREFIX}:dispatcher"
+
+
+def dispatcher_name(n: int) -> str:
+    """One of the stack's own dispatchers (``settings.dispatcher.count`` of them)."""
+    return f"{_DISPATCHER}#{n}"
+
+
+def worker_dispatcher_name(worker_id: str) -> str:
+    """The dispatcher `wtm worker start --queues` adds, named by the seed's worker_id."""
+    return f"{_DISPATCHER}@{worker_id}"
+
+
+def is_worker_dispatcher(name: str) -> bool:
+    return name.startswith(f"{_DISPATCHER}@")
+
+
+def consumer_name(actor_name: str, pid: int) -> str:
+    """A dispatcher's name in the consumer group: a restarted actor is a new consumer."""
+    return f"{actor_name}-{pid}"
+
+
+def is_ours(actor_name: str) -> bool:
+    """Whether a named actor is one of this system's (controller, dispatcher, replica)."""
+    return actor_name.startswith(f"{PREFIX}:")
 
 
 def set_key(task_id: str, version: str) -> str:
@@ -49,9 +75,19 @@ def set_key(task_id: str, version: str) -> str:
     return f"{task_id}@{version}"
 
 
+def replica_prefix(task_id: str, version: str) -> str:
+    """What every replica name of one set starts with."""
+    return f"{PREFIX}:{task_id}@{version}#"
+
+
 def replica_name(task_id: str, version: str, n: int) -> str:
     """Named detached actor of one replica, as the dashboard shows it."""
-    return f"{PREFIX}:{task_id}@{version}#{n}"
+    return f"{replica_prefix(task_id, version)}{n}"
+
+
+def replica_index(name: str) -> int:
+    """The ``n`` of ``wtm:<task>@<version>#<n>``."""
+    return int(name.rsplit("#", 1)[1])
 
 
 # Object store --------------------------------------------------------------
@@ -62,7 +98,13 @@ BUCKETS = (TASKS_BUCKET, PIPELINES_BUCKET, DATA_BUCKET)
 
 
 def package_key(task_id: str, version: str, sha256: str) -> str:
+    """A task package archive, content-addressed within its version."""
     return f"tasks/{task_id}/{version}/{sha256}.tar.gz"
+
+
+def pipeline_key(pipeline_id: str, version: str, sha256: str) -> str:
+    """A pipeline definition as registered, content-addressed within its version."""
+    return f"pipelines/{pipeline_id}/{version}/{sha256}.json"
 
 
 def input_key(sha256: str, filename: str) -> str:
@@ -89,8 +131,3 @@ TASKS = "tasks"
 PIPELINES = "pipelines"
 EXECUTIONS = "executions"
 WORKERS = "workers"
-
-
-def dispatcher_alive(consumer: str) -> str:
-    """Expiring key a live dispatcher refreshes; `wtm health` counts them."""
-    return f"{PREFIX}:alive:dispatcher:{consumer}"

@@ -1,18 +1,22 @@
-"""Records (pydantic models) and the job message that travels on the streams.
+"""Records (pydantic models): executions, steps, tasks, pipelines, workers.
 
 Field names follow brief section 3.4: the CLI's ``--json`` prints them as is.
-Times are Unix seconds (floats) so that durations are plain subtraction.
+Times are Unix seconds (floats) so that durations are plain subtraction. The
+status values are enums here; which moves between them are allowed, and the
+event each move publishes, is :mod:`orchestrator.lifecycle`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, Field, computed_field
+
+from orchestrator.pipelines.spec import PipelineSpec
+from orchestrator.taskspec import TaskSpec
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -49,6 +53,20 @@ class StepStatus(str, Enum):
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
 
+    @property
+    def terminal(self) -> bool:
+        return self not in (StepStatus.PENDING, StepStatus.RUNNING)
+
+
+class WorkerState(str, Enum):
+    """What a replica is doing, as its heartbeat (or its silence) says."""
+
+    LOADING = "loading"  # importing its task and loading the model
+    IDLE = "idle"
+    BUSY = "busy"
+    BROKEN = "broken"  # could not load its task; every call fails
+    DEAD = "dead"  # killed, or silent for too many heartbeats
+
 
 class ErrorInfo(BaseModel):
     """What went wrong: the error class, its message, and the step it hit."""
@@ -73,6 +91,7 @@ class StepRecord(BaseModel):
     node: str | None = None
     error: ErrorInfo | None = None
     cache_hit: bool = False
+    memory_usage: int | None = None  # the replica's resident memory after the step
 
 
 class ExecutionRecord(BaseModel):
@@ -115,7 +134,7 @@ class TaskRecord(BaseModel):
     size: int
     object_key: str
     registered_at: float
-    spec: dict[str, Any]
+    spec: TaskSpec
 
 
 class PipelineRecord(BaseModel):
@@ -126,7 +145,7 @@ class PipelineRecord(BaseModel):
     sha256: str
     object_key: str
     registered_at: float
-    spec: dict[str, Any]
+    spec: PipelineSpec
 
 
 class WorkerRecord(BaseModel):
@@ -137,7 +156,7 @@ class WorkerRecord(BaseModel):
     version: str
     node: str | None = None
     pid: int | None = None
-    state: str = "starting"
+    state: WorkerState = WorkerState.LOADING
     in_flight: int = 0
     processed: int = 0
     failed: int = 0
@@ -147,28 +166,3 @@ class WorkerRecord(BaseModel):
     memory: int | None = None
     started_at: float | None = None
     heartbeat_at: float | None = None
-
-
-class Job(BaseModel):
-    """The immutable message on a stream: enough to run without a records read."""
-
-    model_config = ConfigDict(frozen=True)
-
-    execution_id: str
-    kind: Literal["task", "pipeline"]
-    target: str
-    version: str | None = None
-    queue: str = "default"
-    priority: int = 5
-    submitted_at: float
-    input: Any = None
-    plan: dict[str, Any] | None = None  # a pipeline's compiled plan; None for a task
-
-    def encode(self) -> dict[str, str]:
-        """Fields for XADD."""
-        return {"job": self.model_dump_json()}
-
-    @classmethod
-    def decode(cls, fields: dict[bytes | str, bytes | str]) -> Job:
-        raw = fields.get(b"job", fields.get("job"))
-        return cls.model_validate(json.loads(raw))

@@ -28,10 +28,10 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 
 from orchestrator import keys
-from orchestrator.errors import ConflictError, NotFoundError, PackageError, SpecError
+from orchestrator.artifacts import Registry
+from orchestrator.errors import NotFoundError, PackageError, SpecError
 from orchestrator.models import TaskRecord
 from orchestrator.objects import ObjectStore
-from orchestrator.records import RecordStore
 from orchestrator.sdk import TaskBase
 from orchestrator.taskspec import TaskSpec, load_spec
 
@@ -79,42 +79,37 @@ def _package_files(folder: Path) -> list[Path]:
     return files
 
 
-def register(
-    folder: Path, records: RecordStore, objects: ObjectStore, force: bool = False
-) -> tuple[TaskRecord, bool]:
-    """Store a package folder's archive and record; returns (record, changed).
+def discover(root: Path) -> list[Path]:
+    """The task package folders directly under ``root`` (those with a task.json), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotFoundError(f"{root}: no such folder of task packages")
+    return sorted(p for p in root.iterdir() if (p / "task.json").is_file())
 
-    The object goes first and the record last, so a record never names a
-    missing archive. Registering the same content again changes nothing.
-    """
+
+def register(
+    folder: Path, registry: Registry[TaskRecord], force: bool = False
+) -> tuple[TaskRecord, bool]:
+    """Check a package folder, archive it and register it; returns (record, changed)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError(f"{folder}: no such task folder")
     spec = load_spec(folder)
     check_entry_point(folder, spec)
     data = build_archive(folder)
-    sha = hashlib.sha256(data).hexdigest()
-    existing = records.get_task(spec.task_id, spec.version)
-    if existing and existing.sha256 == sha:
-        return existing, False
-    if existing and not force:
-        raise ConflictError(
-            f"{spec.task_id} version {spec.version} is registered with other content; "
-            "bump the version or use --force"
+
+    def build(sha: str, key: str) -> TaskRecord:
+        return TaskRecord(
+            task_id=spec.task_id,
+            version=spec.version,
+            sha256=sha,
+            size=len(data),
+            object_key=key,
+            registered_at=time.time(),
+            spec=spec,
         )
-    key = keys.package_key(spec.task_id, spec.version, sha)
-    objects.put(keys.TASKS_BUCKET, key, data)
-    record = TaskRecord(
-        task_id=spec.task_id,
-        version=spec.version,
-        sha256=sha,
-        size=len(data),
-        object_key=key,
-        registered_at=time.time(),
-        spec=spec.model_dump(mode="json"),
-    )
-    records.put_task(record)
-    return record, True
+
+    return registry.register(spec.task_id, spec.version, data, build, force)
 
 
 def check_entry_point(folder: Path, spec: TaskSpec) -> None:
@@ -129,31 +124,6 @@ def check_entry_point(folder: Path, spec: TaskSpec) -> None:
         raise SpecError(f"{path}:{e.lineno}: syntax error: {e.msg}") from e
     if not any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body):
         raise SpecError(f"{path}: entry_point {spec.entry_point!r}: no class {name!r}")
-
-
-def resolve(records: RecordStore, task_id: str, version: str | None = None) -> TaskRecord:
-    """The registered record for a task (latest version unless pinned)."""
-    record = records.get_task(task_id, version)
-    if record is None:
-        pinned = f" version {version}" if version else ""
-        raise NotFoundError(f"unknown task {task_id!r}{pinned}; see `wtm task list`")
-    return record
-
-
-def delete(
-    records: RecordStore, objects: ObjectStore, task_id: str, version: str | None = None
-) -> list[TaskRecord]:
-    """Remove versions from the records, then their archives; returns what went."""
-    if version is not None:
-        doomed = [resolve(records, task_id, version)]
-    else:
-        doomed = [r for r in records.list_tasks() if r.task_id == task_id]
-    if not doomed:
-        raise NotFoundError(f"unknown task {task_id!r}; see `wtm task list`")
-    for record in doomed:
-        records.delete_task(record.task_id, record.version)
-        objects.delete(keys.TASKS_BUCKET, record.object_key)
-    return doomed
 
 
 def fetch(record: TaskRecord, objects: ObjectStore, cache: Path, limits: Limits = Limits()) -> Path:
@@ -260,7 +230,7 @@ def module_name(record: TaskRecord) -> str:
 
 def load_task(record: TaskRecord, folder: Path) -> TaskBase:
     """Import the entry point from an extracted package and build the task."""
-    spec = TaskSpec.model_validate(record.spec)
+    spec = record.spec
     check_requirements(spec)
     name = module_name(record)
     if name not in sys.modules:
@@ -277,6 +247,6 @@ def load_task(record: TaskRecord, folder: Path) -> TaskBase:
     if not (isinstance(cls, type) and issubclass(cls, TaskBase)):
         raise PackageError(f"{spec.task_id}: {spec.entry_point} is not a TaskBase subclass")
     task = cls()
-    task.metadata = dict(record.spec)
+    task.metadata = record.spec.model_dump(mode="json")
     task.metadata.setdefault("package_dir", str(folder))
     return task

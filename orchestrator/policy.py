@@ -1,24 +1,73 @@
-"""Retry, backoff and timeout policy, as pure functions.
+"""Step and scaling policy, as pure functions.
 
-The dispatcher asks these questions; it never decides them inline.
+Which timeout and how many retries a step gets, how long to wait between
+tries, whether a failure is worth another try, and how many replicas a set
+wants: the dispatcher, driver and controller ask these questions; none of
+them decides inline.
 """
 
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
+
+from pydantic import BaseModel, ConfigDict
 
 from orchestrator.errors import OrchestratorError, TaskError
+from orchestrator.settings import StepSettings
 
-BACKOFF_BASE_S = 0.2
-BACKOFF_MAX_S = 30.0
+
+class Level(NamedTuple):
+    """What one source of configuration says of a step; None means it says nothing."""
+
+    timeout: float | None = None
+    retries: int | None = None
+
+
+class StepPolicy(BaseModel):
+    """How one step runs: its hard timeout, its retries, and the backoff between tries."""
+
+    model_config = ConfigDict(frozen=True)
+    timeout: float
+    retries: int
+    backoff_base: float
+    backoff_max: float
+
+
+def resolve_step_policy(
+    defaults: StepSettings,
+    *,
+    step: Level = Level(),
+    override: Level = Level(),
+    task: Level = Level(),
+    pipeline: Level = Level(),
+) -> StepPolicy:
+    """A step's policy: the first source that sets a value wins, in this order.
+
+    1. ``step``: the pipeline step's ``timeout`` / ``retry_count``;
+    2. ``override``: the operator's ``worker.task_configs`` for the task;
+    3. ``task``: the task's own ``task.json`` (``timeout`` / ``max_retries``);
+    4. ``pipeline``: the pipeline's ``global_settings`` defaults;
+    5. ``defaults``: the system's (``settings.steps``).
+
+    "Unset" is None at every level, never a default filled in early, so a
+    pipeline's defaults reach a task that sets nothing of its own.
+    """
+    levels = (step, override, task, pipeline)
+    return StepPolicy(
+        timeout=_first([lv.timeout for lv in levels], defaults.timeout_s),
+        retries=_first([lv.retries for lv in levels], defaults.max_retries),
+        backoff_base=defaults.backoff_base_s,
+        backoff_max=defaults.backoff_max_s,
+    )
+
+
+def _first(values: list, fallback):
+    return next((v for v in values if v is not None), fallback)
 
 
 def compute_backoff(
-    attempt: int,
-    *,
-    base: float = BACKOFF_BASE_S,
-    cap: float = BACKOFF_MAX_S,
-    rand: random.Random | None = None,
+    attempt: int, *, base: float, cap: float, rand: random.Random | None = None
 ) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based): full jitter.
 

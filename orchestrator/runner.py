@@ -12,7 +12,6 @@ from orchestrator.models import TaskRecord
 from orchestrator.objects import ObjectStore
 from orchestrator.packages import fetch, load_task
 from orchestrator.sdk import TaskBase
-from orchestrator.taskspec import TaskSpec
 
 
 class TaskRunner:
@@ -21,9 +20,8 @@ class TaskRunner:
     def __init__(self, record: TaskRecord, task: TaskBase):
         self.record = record
         self.task = task
-        spec = record.spec
-        self._input = _validator(spec.get("input_schema"))
-        self._output = _validator(spec.get("output_schema"))
+        self._input = _validator(record.spec.input_schema)
+        self._output = _validator(record.spec.output_schema)
 
     @classmethod
     def load(cls, record: TaskRecord, objects: ObjectStore, cache: Path) -> TaskRunner:
@@ -35,10 +33,6 @@ class TaskRunner:
     @property
     def load_count(self) -> int:
         return self.task.load_count
-
-    @property
-    def spec(self) -> TaskSpec:
-        return TaskSpec.model_validate(self.record.spec)
 
     def __call__(self, input_data: Any) -> dict[str, Any]:
         check(self._input, input_data, f"{self.record.task_id} input")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
@@ -60,15 +60,51 @@ class DispatcherSettings(BaseModel):
     claim_idle_ms: int = 300_000
     max_deliveries: int = 5
     queues: list[str] = Field(default_factory=list)  # empty: every known queue
+    heartbeat_s: float = 5.0  # a dispatcher refreshes its alive key this often
+    redis_connections: int = 32  # jobs share this many connections
+    inline_result_bytes: int = 256 * 1024  # larger results go to the object store
+    replica_wait_s: float = 1.0  # a call waiting for a replica slot re-checks the set this often
 
 
 class ControllerSettings(BaseModel):
-    """How the controller scales replica sets."""
+    """How the controller scales replica sets and tells live replicas from dead ones."""
 
     period_s: float = 0.5  # control loop period
     idle_timeout_s: float = 300.0  # scale an idle set down after this long
     load_timeout_s: float = 600.0  # a replica must load its task within this
     heartbeat_s: float = 2.0  # replicas write their worker record this often
+    probe_timeout_s: float = 5.0  # a replica that does not answer a probe within this is hung
+    report_ttl_s: float = 5.0  # a dispatcher's demand report counts for this long
+    dead_after_beats: int = 3  # a replica silent for this many heartbeats is shown dead
+
+
+class StepSettings(BaseModel):
+    """System defaults of a step's policy, for what the step, the task's own
+    ``task.json``, ``worker.task_configs`` and the pipeline's ``global_settings``
+    leave unset (see :func:`orchestrator.policy.resolve_step_policy`)."""
+
+    timeout_s: float = Field(default=300.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    backoff_base_s: float = Field(default=0.2, ge=0)  # first retry waits up to this
+    backoff_max_s: float = Field(default=30.0, ge=0)  # no retry waits longer
+
+
+class ClientSettings(BaseModel):
+    """How a client waits for executions."""
+
+    poll_s: float = 2.0  # records check while waiting, in case an event was missed
+    cancel_ttl_s: float = 7 * 24 * 3600.0  # how long a cancel request is remembered
+
+
+class TaskOverrides(BaseModel):
+    """One entry of the seed's ``worker.task_configs``: an operator's overrides of a
+    task's ``task.json`` in this deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+    queue: str | None = None
+    priority: int | None = Field(default=None, ge=1, le=10)
+    timeout: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0)
 
 
 class WorkerSettings(BaseModel):
@@ -77,7 +113,7 @@ class WorkerSettings(BaseModel):
     worker_id: str = "worker_001"
     max_concurrent_tasks: int = 16
     active_tasks: list[str] = Field(default_factory=list)
-    task_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    task_configs: dict[str, TaskOverrides] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -94,6 +130,8 @@ class Settings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    steps: StepSettings = Field(default_factory=StepSettings)
+    client: ClientSettings = Field(default_factory=ClientSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     @classmethod
@@ -167,6 +205,8 @@ def translate_seed_config(data: dict[str, Any], source: str = "config.json") -> 
         "ray",
         "dispatcher",
         "controller",
+        "steps",
+        "client",
         "home",
     }
     unknown = sorted(set(data) - known)
@@ -189,7 +229,7 @@ def translate_seed_config(data: dict[str, Any], source: str = "config.json") -> 
         out["worker"] = data["worker"]
     if "logging" in data and "level" in data["logging"]:
         out["log_level"] = data["logging"]["level"]
-    for key in ("ray", "dispatcher", "controller", "home"):
+    for key in ("ray", "dispatcher", "controller", "steps", "client", "home"):
         if key in data:
             out[key] = data[key]
     return out

@@ -58,8 +58,10 @@ class TaskSpec(BaseModel):
     tags: list[str] = Field(default_factory=list)
     queue: str = Field(default="default", pattern=ID_PATTERN)
     priority: int = Field(default=5, ge=1, le=10)
-    timeout: float = Field(default=300, gt=0)
-    max_retries: int = Field(default=3, ge=0)
+    # Unset stays None all the way to the plan: a pipeline's global_settings or the
+    # system defaults fill it in there (orchestrator.policy.resolve_step_policy).
+    timeout: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0)
     input_schema: dict[str, Any] = Field(default_factory=dict)
     output_schema: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)

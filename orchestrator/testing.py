@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from orchestrator import artifacts
 from orchestrator.objects.local import LocalObjectStore
 from orchestrator.packages import register
 from orchestrator.records.sqlite import SqliteRecordStore
@@ -24,7 +25,7 @@ def load_package(folder: str | Path, scratch: str | Path | None = None) -> TaskR
     scratch = Path(scratch or tempfile.mkdtemp(prefix="wtm-test-"))
     records = SqliteRecordStore(scratch / "records.db")
     objects = LocalObjectStore(scratch / "objects")
-    record, _ = register(Path(folder), records, objects)
+    record, _ = register(Path(folder), artifacts.tasks(records, objects))
     return TaskRunner.load(record, objects, scratch / "cache")
 
 

@@ -1,7 +1,8 @@
 """Operating the workers: status from the records, control through the controller.
 
-`wtm worker ...` and notebooks call these; unlike :class:`Client`, control
-needs a Ray connection (status does not).
+`wtm worker ...` and notebooks call these. Status needs only the records
+(:func:`worker_status`, also ``Client.workers()``); control (:class:`Workers`)
+makes this process a Ray driver of the stack's cluster.
 """
 
 from __future__ import annotations
@@ -9,39 +10,43 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from orchestrator import keys, packages, stack
+from orchestrator import artifacts, cluster, keys, stack
 from orchestrator.errors import NotFoundError
-from orchestrator.models import TaskRecord, WorkerRecord
+from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
+from orchestrator.objects import open_objects
 from orchestrator.records import RecordStore, open_records
 from orchestrator.settings import Settings
-
-#: A replica whose heartbeat is older than this many intervals is shown dead.
-STALE_INTERVALS = 3
 
 
 def worker_status(
     records: RecordStore, settings: Settings, now: float | None = None
 ) -> list[WorkerRecord]:
-    """Every replica's last heartbeat; silent ones are reported ``dead``."""
+    """Every replica's last heartbeat; silent ones are reported dead."""
     now = time.time() if now is None else now
-    limit = STALE_INTERVALS * settings.controller.heartbeat_s
+    limit = settings.controller.dead_after_beats * settings.controller.heartbeat_s
     out = []
     for w in records.list_workers():
-        if w.state != "dead" and (w.heartbeat_at is None or now - w.heartbeat_at > limit):
-            w = w.model_copy(update={"state": "dead"})
+        silent = w.heartbeat_at is None or now - w.heartbeat_at > limit
+        if w.state != WorkerState.DEAD and silent:
+            w = w.model_copy(update={"state": WorkerState.DEAD})
         out.append(w)
     return out
 
 
 class Workers:
-    """Start, stop and scale replica sets and dispatchers on the cluster."""
+    """Start, stop and scale replica sets and dispatchers on a running stack's cluster.
+
+    Nothing is started here: the stack must be up (``stack.ensure`` starts it),
+    and this process becomes a driver of its cluster (``cluster.connect``).
+    """
 
     def __init__(self, settings: Settings):
-        self.settings = stack.ensure(settings)
-        self.records = open_records(self.settings)
-        stack.connect_ray(self.settings)
         import ray
 
+        self.settings = stack.resolve(settings)
+        self.records = open_records(self.settings)
+        self.tasks = artifacts.tasks(self.records, open_objects(self.settings))
+        cluster.connect(self.settings)
         self._ray = ray
         self.controller = ray.get_actor(keys.CONTROLLER, namespace=self.settings.ray.namespace)
 
@@ -54,7 +59,7 @@ class Workers:
     ) -> dict[str, Any]:
         """Bring up replicas for tasks (and a dispatcher for queues); waits until ready."""
         # --queues alone adds a dispatcher; replicas still start on demand.
-        tasks = [] if queues and not task_ids else self._tasks(task_ids)
+        tasks = [] if queues and not task_ids else self._wanted(task_ids)
         started = {}
         for record in tasks:
             started[record.task_id] = self._ray.get(
@@ -66,22 +71,21 @@ class Workers:
         return {"replicas": started, "dispatcher": dispatcher}
 
     def scale(self, task_id: str, count: int, version: str | None = None) -> int:
-        record = packages.resolve(self.records, task_id, version)
+        record = self.tasks.resolve(task_id, version)
         return self._ray.get(self.controller.scale.remote(record.task_id, record.version, count))
 
     def stop(self, task_id: str | None = None) -> list[str]:
         if task_id is not None:
-            packages.resolve(self.records, task_id)
+            self.tasks.resolve(task_id)
         return self._ray.get(self.controller.stop.remote(task_id))
 
     def stop_dispatchers(self) -> list[str]:
         """Stop the dispatchers `start --queues` added (the stack's own stay)."""
         ns = self.settings.ray.namespace
-        prefix = f"{keys.PREFIX}:dispatcher:"
         names = [
             a["name"]
             for a in self._ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == ns and a["name"].startswith(prefix)
+            if a["namespace"] == ns and keys.is_worker_dispatcher(a["name"])
         ]
         for name in names:
             self._ray.kill(self._ray.get_actor(name, namespace=ns))
@@ -90,10 +94,10 @@ class Workers:
     def sets(self) -> list[dict[str, Any]]:
         return self._ray.get(self.controller.status.remote())
 
-    def _tasks(self, task_ids: list[str] | None) -> list[TaskRecord]:
+    def _wanted(self, task_ids: list[str] | None) -> list[TaskRecord]:
         wanted = task_ids or self.settings.worker.active_tasks
         if wanted:
-            return [packages.resolve(self.records, t) for t in wanted]
+            return [self.tasks.resolve(t) for t in wanted]
         latest: dict[str, TaskRecord] = {}
         for record in self.records.list_tasks():  # ordered by registration time
             latest[record.task_id] = record
@@ -108,5 +112,5 @@ class Workers:
         settings.dispatcher.queues = queues
         settings.dispatcher.concurrency = concurrency or self.settings.worker.max_concurrent_tasks
         # The seed's worker_id names the dispatcher this worker runs.
-        name = f"{keys.PREFIX}:dispatcher:{self.settings.worker.worker_id}"
+        name = keys.worker_dispatcher_name(self.settings.worker.worker_id)
         return dispatcher.deploy_one(settings, name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import Client, stack
+from orchestrator import Client, cluster, stack
 from orchestrator.settings import Settings
 from orchestrator.testing import write_task
 
@@ -54,7 +54,7 @@ def ray_connected(stack_settings):
     """This process as a Ray driver of the session's cluster."""
     import ray
 
-    stack.connect_ray(stack_settings)
+    cluster.connect(stack_settings)
     yield ray
 
 

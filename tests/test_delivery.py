@@ -10,39 +10,26 @@ import time
 import redis
 
 from orchestrator import keys
-from orchestrator.models import (
-    ExecutionRecord,
-    ExecutionStatus,
-    Job,
-    StepStatus,
-    new_execution_id,
-)
+from orchestrator.intake import Job
+from orchestrator.models import ExecutionRecord, ExecutionStatus, StepStatus, new_execution_id
 from tests.conftest import make_task
 
 
 def abandon(client, task_id: str, queue: str, deliveries: int) -> str:
     """Record and enqueue a job, then have a ghost consumer take it `deliveries` times."""
-    record = client.task(task_id)
+    plan = client.plan(task_id)
     execution = ExecutionRecord(
         execution_id=new_execution_id(),
         kind="task",
         task_id=task_id,
-        version=record.version,
+        version=plan.version,
         queue=queue,
         input={},
         submitted_at=time.time(),
+        steps=plan.pending_steps(),
     )
     client.records.insert_execution(execution)
-    job = Job(
-        execution_id=execution.execution_id,
-        kind="task",
-        target=task_id,
-        version=record.version,
-        queue=queue,
-        submitted_at=execution.submitted_at,
-        input={},
-    )
-    ghost_takes(client, queue, job, deliveries)
+    ghost_takes(client, queue, Job.of(execution, plan), deliveries)
     return execution.execution_id
 
 
@@ -85,9 +72,6 @@ def test_a_job_delivered_too_often_is_dead_lettered(client, tmp_path):
 def test_a_claimed_pipeline_resumes_after_its_finished_steps(client, tmp_path):
     import json
 
-    from orchestrator.pipelines.graph import compile_plan, pending_steps
-    from orchestrator.pipelines.registry import spec_of
-
     client.register_task(
         make_task(tmp_path, "ran_before", 'raise FatalError("ran twice")', queue="resume")
     )
@@ -108,9 +92,9 @@ def test_a_claimed_pipeline_resumes_after_its_finished_steps(client, tmp_path):
         )
     )
     client.register_pipelines(path)
-    plan = compile_plan(spec_of(client.pipeline("resumable")), client.records.get_task)
+    plan = client.plan("resumable")
     # The dispatcher that died had finished the first step and kept its output.
-    steps = pending_steps(plan)
+    steps = plan.pending_steps()
     steps[0].status, steps[0].attempts = StepStatus.SUCCEEDED, 1
     execution = ExecutionRecord(
         execution_id=new_execution_id(),
@@ -129,17 +113,7 @@ def test_a_claimed_pipeline_resumes_after_its_finished_steps(client, tmp_path):
         keys.step_output_key(execution.execution_id, "ran_before"),
         json.dumps({"kept": True}).encode(),
     )
-    job = Job(
-        execution_id=execution.execution_id,
-        kind="pipeline",
-        target="resumable",
-        version=plan.version,
-        queue="resume",
-        submitted_at=execution.submitted_at,
-        input={"x": 1},
-        plan=plan.model_dump(mode="json"),
-    )
-    ghost_takes(client, "resume", job)
+    ghost_takes(client, "resume", Job.of(execution, plan))
 
     record = client.wait(execution.execution_id, timeout=60)
 

@@ -48,5 +48,5 @@ def test_example_task_on_a_replica(examples, task_id, document, check):
 
 def test_seed_face_detection_task_json_loads_unchanged(examples):
     record = examples.task("face_detection")
-    assert record.spec["entry_point"] == "task.Task"
-    assert record.spec["queue"] == "vision"
+    assert record.spec.entry_point == "task.Task"
+    assert record.spec.queue == "vision"

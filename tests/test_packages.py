@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import keys
+from orchestrator import artifacts, keys
 from orchestrator.errors import ConflictError, PackageError, SpecError
 from orchestrator.objects.local import LocalObjectStore
 from orchestrator.packages import (
@@ -39,6 +39,11 @@ def records(tmp_path):
 @pytest.fixture
 def objects(tmp_path):
     return LocalObjectStore(tmp_path / "objects")
+
+
+@pytest.fixture
+def tasks(records, objects):
+    return artifacts.tasks(records, objects)
 
 
 @pytest.fixture(autouse=True)
@@ -141,10 +146,10 @@ def test_archive_skips_bytecode_caches(tmp_path):
 
 
 # register ------------------------------------------------------------------------
-def test_register_stores_the_archive_and_the_record(tmp_path, records, objects):
+def test_register_stores_the_archive_and_the_record(tmp_path, records, objects, tasks):
     folder = write_package(tmp_path / "pkg", task_id="echo", version="1.2.0")
 
-    record, changed = register(folder, records, objects)
+    record, changed = register(folder, tasks)
 
     assert changed is True
     assert (record.task_id, record.version) == ("echo", "1.2.0")
@@ -155,35 +160,35 @@ def test_register_stores_the_archive_and_the_record(tmp_path, records, objects):
     assert records.get_task("echo", "1.2.0") == record
 
 
-def test_register_same_content_again_changes_nothing(tmp_path, records, objects):
+def test_register_same_content_again_changes_nothing(tmp_path, records, objects, tasks):
     folder = write_package(tmp_path / "pkg")
-    first, _ = register(folder, records, objects)
+    first, _ = register(folder, tasks)
     os.utime(folder / "task.py", (1_000_000_000, 1_000_000_000))
 
-    again, changed = register(folder, records, objects)
+    again, changed = register(folder, tasks)
 
     assert changed is False
     assert again == first
     assert records.list_tasks() == [first]
 
 
-def test_register_different_content_under_the_same_version_conflicts(tmp_path, records, objects):
+def test_register_different_content_under_the_same_version_conflicts(tmp_path, records, tasks):
     folder = write_package(tmp_path / "pkg", value="one")
-    first, _ = register(folder, records, objects)
+    first, _ = register(folder, tasks)
     (folder / "helper.py").write_text("VALUE = 'two'\n")
 
     with pytest.raises(ConflictError, match=r"1\.0\.0"):
-        register(folder, records, objects)
+        register(folder, tasks)
 
     assert records.get_task("echo", "1.0.0") == first
 
 
-def test_register_with_force_replaces_the_content(tmp_path, records, objects):
+def test_register_with_force_replaces_the_content(tmp_path, records, objects, tasks):
     folder = write_package(tmp_path / "pkg", value="one")
-    first, _ = register(folder, records, objects)
+    first, _ = register(folder, tasks)
     (folder / "helper.py").write_text("VALUE = 'two'\n")
 
-    second, changed = register(folder, records, objects, force=True)
+    second, changed = register(folder, tasks, force=True)
 
     assert changed is True
     assert second.sha256 != first.sha256
@@ -192,9 +197,9 @@ def test_register_with_force_replaces_the_content(tmp_path, records, objects):
 
 
 # fetch ---------------------------------------------------------------------------
-def test_fetch_extracts_the_registered_files(tmp_path, records, objects):
+def test_fetch_extracts_the_registered_files(tmp_path, records, objects, tasks):
     folder = write_package(tmp_path / "pkg")
-    record, _ = register(folder, records, objects)
+    record, _ = register(folder, tasks)
 
     out = fetch(record, objects, tmp_path / "cache")
 
@@ -203,8 +208,8 @@ def test_fetch_extracts_the_registered_files(tmp_path, records, objects):
         assert (out / name).read_bytes() == (folder / name).read_bytes()
 
 
-def test_fetch_refuses_an_archive_that_does_not_match_its_sha(tmp_path, records, objects):
-    record, _ = register(write_package(tmp_path / "pkg"), records, objects)
+def test_fetch_refuses_an_archive_that_does_not_match_its_sha(tmp_path, records, objects, tasks):
+    record, _ = register(write_package(tmp_path / "pkg"), tasks)
     other = build_archive(write_package(tmp_path / "evil", value="evil"))
     objects.put(keys.TASKS_BUCKET, record.object_key, other)
 
@@ -343,12 +348,12 @@ def test_extract_refuses_a_truncated_archive(tmp_path, sandbox):
 
 
 # load_task -----------------------------------------------------------------------
-def test_two_packages_with_the_same_module_names_load_side_by_side(tmp_path, records, objects):
+def test_two_packages_with_the_same_module_names_load_side_by_side(tmp_path, objects, tasks):
     # Two versions of one task, each with its own task.py and helper.py.
     v1 = write_package(tmp_path / "v1", task_id="echo", version="1.0.0", value="from v1")
     v2 = write_package(tmp_path / "v2", task_id="echo", version="2.0.0", value="from v2")
-    r1, _ = register(v1, records, objects)
-    r2, _ = register(v2, records, objects)
+    r1, _ = register(v1, tasks)
+    r2, _ = register(v2, tasks)
 
     t1 = load_task(r1, fetch(r1, objects, tmp_path / "cache"))
     t2 = load_task(r2, fetch(r2, objects, tmp_path / "cache"))
@@ -358,29 +363,29 @@ def test_two_packages_with_the_same_module_names_load_side_by_side(tmp_path, rec
     assert (t1.metadata["version"], t2.metadata["version"]) == ("1.0.0", "2.0.0")
 
 
-def test_register_names_a_missing_entry_point_and_stores_nothing(tmp_path, records, objects):
+def test_register_names_a_missing_entry_point_and_stores_nothing(tmp_path, records, objects, tasks):
     folder = write_package(tmp_path / "pkg", entry_point="task.Missing")
 
     with pytest.raises(SpecError, match=r"entry_point 'task\.Missing': no class 'Missing'"):
-        register(folder, records, objects)
+        register(folder, tasks)
     assert records.list_tasks() == []
 
 
-def test_register_names_a_syntax_error_with_its_line(tmp_path, records, objects):
+def test_register_names_a_syntax_error_with_its_line(tmp_path, records, objects, tasks):
     folder = write_package(tmp_path / "pkg")
     (folder / "task.py").write_text("class Task(:\n    pass\n")
 
     with pytest.raises(SpecError, match=r"task\.py:1: syntax error"):
-        register(folder, records, objects)
+        register(folder, tasks)
 
 
-def test_register_refuses_a_schema_that_is_not_json_schema(tmp_path, records, objects):
+def test_register_refuses_a_schema_that_is_not_json_schema(tmp_path, records, objects, tasks):
     folder = write_package(tmp_path / "pkg")
     doc = json.loads((folder / "task.json").read_text())
     (folder / "task.json").write_text(json.dumps({**doc, "input_schema": {"type": "objekt"}}))
 
     with pytest.raises(SpecError, match=r"'input_schema' is not a valid JSON Schema"):
-        register(folder, records, objects)
+        register(folder, tasks)
 
 
 # check_requirements ------------------------------------------------------------------
@@ -431,9 +436,9 @@ def test_check_requirements_names_a_malformed_line():
         check_requirements(spec_with(["not a == requirement"]))
 
 
-def test_load_task_refuses_a_package_with_missing_requirements(tmp_path, records, objects):
+def test_load_task_refuses_a_package_with_missing_requirements(tmp_path, records, objects, tasks):
     folder = write_package(tmp_path / "pkg", requirements=["definitely-not-installed-pkg>=1"])
-    record, _ = register(folder, records, objects)
+    record, _ = register(folder, tasks)
 
     with pytest.raises(PackageError, match="definitely-not-installed-pkg"):
         load_task(record, fetch(record, objects, tmp_path / "cache"))

@@ -135,7 +135,8 @@ def test_seed_config_is_translated(home):
     assert s.worker.worker_id == "worker_001"
     assert s.worker.max_concurrent_tasks == 5
     assert s.worker.active_tasks == ["face_detection", "face_attribute", "face_extractor"]
-    assert s.worker.task_configs["face_attribute"]["timeout"] == 90
+    assert s.worker.task_configs["face_attribute"].timeout == 90
+    assert s.worker.task_configs["face_detection"].queue == "face_detection"
     assert s.log_level == "INFO"
 
 

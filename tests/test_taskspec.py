@@ -47,12 +47,14 @@ def test_face_detection_package_loads():
     assert spec.input_schema["type"] == "object"
 
 
-def test_a_minimal_spec_gets_the_defaults(tmp_path):
+def test_a_minimal_spec_gets_the_defaults_and_leaves_timeout_and_retries_unset(tmp_path):
     write_spec(tmp_path, json.dumps(VALID))
 
     spec = load_spec(tmp_path)
 
-    assert (spec.queue, spec.priority, spec.max_retries, spec.timeout) == ("default", 5, 3, 300)
+    assert (spec.queue, spec.priority) == ("default", 5)
+    # unset, not defaulted: a pipeline's global_settings may still fill them in
+    assert (spec.max_retries, spec.timeout) == (None, None)
     assert spec.replicas.max == 1
 
 

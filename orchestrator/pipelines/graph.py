@@ -2,8 +2,9 @@
 
 Everything is checked before anything runs: unique step ids, known
 dependencies, no cycles (the error prints the cycle), registered tasks and
-pinned versions, mappings that read only the input or upstream steps, and
-parallel groups whose members do not depend on each other.
+pinned versions, mappings that read only the input or upstream steps (and,
+where the upstream task declares an ``output_schema``, only fields it
+declares), and parallel groups whose members do not depend on each other.
 """
 
 from __future__ import annotations
@@ -11,62 +12,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from orchestrator.errors import NotFoundError, SpecError
-from orchestrator.models import StepRecord, TaskRecord
+from orchestrator.models import TaskRecord
 from orchestrator.pipelines import jsonpath
+from orchestrator.pipelines.mapping import INPUT
 from orchestrator.pipelines.spec import InputValidation, PipelineSpec, StepSpec
+from orchestrator.plan import Plan, PlannedStep
+from orchestrator.policy import Level, resolve_step_policy
+from orchestrator.settings import Settings
 
 TaskLookup = Callable[[str, str | None], TaskRecord | None]
 
 
-class PlannedStep(BaseModel):
-    """A step with every default resolved and its task version pinned."""
-
-    model_config = ConfigDict(frozen=True)
-    step_id: str
-    task_id: str
-    version: str
-    package_sha256: str
-    timeout: float
-    retries: int
-    deps: tuple[str, ...]
-    reads: tuple[str, ...]  # upstream steps whose outputs this step receives
-    parallel_group: str | None = None
-    input_mapping: dict[str, str] | None = None
-
-
-class Plan(BaseModel):
-    """What the driver runs: steps in dependency order, plus pipeline switches."""
-
-    model_config = ConfigDict(frozen=True)
-    kind: str = "pipeline"
-    pipeline_id: str
-    version: str
-    steps: tuple[PlannedStep, ...]
-    max_parallel: int = 10
-    caching: bool = False
-
-    @property
-    def sinks(self) -> list[str]:
-        """Steps nothing depends on: their outputs are the result."""
-        used = {d for s in self.steps for d in s.deps}
-        return [s.step_id for s in self.steps if s.step_id not in used]
-
-
-def pending_steps(plan: Plan) -> list[StepRecord]:
-    """Step records as they stand before anything runs."""
-    return [StepRecord(step_id=s.step_id, task_id=s.task_id, version=s.version) for s in plan.steps]
-
-
-def compile_plan(spec: PipelineSpec, tasks: TaskLookup) -> Plan:
-    """Validate a pipeline against the task registry and pin its task versions."""
+def compile_plan(spec: PipelineSpec, tasks: TaskLookup, settings: Settings) -> Plan:
+    """Validate a pipeline against the task registry, pin its tasks, resolve each policy."""
     where = spec.pipeline_id
     if not spec.enabled:
         raise SpecError(f"pipeline {where} is disabled (enabled: false)")
     steps = {s.id: s for s in spec.steps}
-    _check_unique(spec.steps, where)
+    _check_ids(spec.steps, where)
     for s in spec.steps:
         for d in s.deps:
             if d not in steps:
@@ -74,55 +38,52 @@ def compile_plan(spec: PipelineSpec, tasks: TaskLookup) -> Plan:
     order = _topological(steps, where)
     ancestors = _ancestors(steps, order)
     _check_groups(spec.steps, ancestors, where)
+    records = {step_id: _task(steps[step_id], tasks, where) for step_id in order}
     g = spec.global_settings
     planned = []
     for step_id in order:
-        s = steps[step_id]
-        record = tasks(s.task_id, s.version)
-        if record is None:
-            pinned = f" version {s.version}" if s.version else ""
-            raise NotFoundError(
-                f"{where}: step {step_id!r} uses unknown task {s.task_id!r}{pinned}"
-            )
-        reads = _reads(s, steps, ancestors[step_id], where)
+        s, record = steps[step_id], records[step_id]
+        override = settings.worker.task_configs.get(s.task_id)
+        policy = resolve_step_policy(
+            settings.steps,
+            step=Level(s.timeout, s.retry_count),
+            override=Level(override.timeout, override.max_retries) if override else Level(),
+            task=Level(record.spec.timeout, record.spec.max_retries),
+            pipeline=Level(g.default_timeout, g.default_retry_count),
+        )
         planned.append(
             PlannedStep(
                 step_id=step_id,
                 task_id=s.task_id,
                 version=record.version,
                 package_sha256=record.sha256,
-                timeout=s.timeout or record.spec.get("timeout") or g.default_timeout,
-                retries=_first(
-                    s.retry_count, record.spec.get("max_retries"), g.default_retry_count
-                ),
+                policy=policy,
                 deps=tuple(s.deps),
-                reads=reads,
+                reads=_reads(s, steps, ancestors[step_id], records, where),
                 parallel_group=s.parallel_group,
                 input_mapping=s.input_mapping,
             )
         )
     return Plan(
-        pipeline_id=spec.pipeline_id,
+        kind="pipeline",
+        target=spec.pipeline_id,
         version=spec.version,
         steps=tuple(planned),
         max_parallel=g.max_parallel_tasks,
         caching=g.enable_caching,
+        record_steps=True,
+        keep_outputs=True,
+        name_failed_step=True,
+        summary_timings=True,
     )
 
 
-def task_plan(record: TaskRecord) -> Plan:
-    """A task run is a one-step plan: the same driver runs both."""
-    step = PlannedStep(
-        step_id=record.task_id,
-        task_id=record.task_id,
-        version=record.version,
-        package_sha256=record.sha256,
-        timeout=record.spec.get("timeout", 300),
-        retries=record.spec.get("max_retries", 3),
-        deps=(),
-        reads=(),
-    )
-    return Plan(kind="task", pipeline_id=record.task_id, version=record.version, steps=(step,))
+def _task(s: StepSpec, tasks: TaskLookup, where: str) -> TaskRecord:
+    record = tasks(s.task_id, s.version)
+    if record is None:
+        pinned = f" version {s.version}" if s.version else ""
+        raise NotFoundError(f"{where}: step {s.id!r} uses unknown task {s.task_id!r}{pinned}")
+    return record
 
 
 def check_input(spec: InputValidation | None, document: Any, where: str) -> None:
@@ -149,9 +110,11 @@ def check_input(spec: InputValidation | None, document: Any, where: str) -> None
 
 
 # checks ----------------------------------------------------------------------
-def _check_unique(steps: list[StepSpec], where: str) -> None:
+def _check_ids(steps: list[StepSpec], where: str) -> None:
     seen: set[str] = set()
     for s in steps:
+        if s.id == INPUT:
+            raise SpecError(f"{where}: step id {INPUT!r} is reserved for the pipeline input")
         if s.id in seen:
             raise SpecError(f"{where}: duplicate step id {s.id!r}")
         seen.add(s.id)
@@ -202,27 +165,38 @@ def _check_groups(steps: list[StepSpec], ancestors: dict[str, set[str]], where: 
 
 
 def _reads(
-    s: StepSpec, steps: dict[str, StepSpec], upstream: set[str], where: str
+    s: StepSpec,
+    steps: dict[str, StepSpec],
+    upstream: set[str],
+    records: dict[str, TaskRecord],
+    where: str,
 ) -> tuple[str, ...]:
+    """The upstream steps a step's mapping reads; each path checked as far as it can be."""
     if not s.input_mapping:
         return tuple(s.deps)
     reads: list[str] = []
-    for field, path in s.input_mapping.items():
+    for field, text in s.input_mapping.items():
         try:
-            segments = jsonpath.parse(path)
+            path = jsonpath.parse(text)
         except SpecError as e:
             raise SpecError(f"{where}: step {s.id!r} field {field!r}: {e}") from e
-        head = segments[0] if segments else None
-        if isinstance(head, str) and head in steps and head != "input":
-            if head not in upstream:
-                raise SpecError(
-                    f"{where}: step {s.id!r} mapping {field!r} reads step "
-                    f"{head!r}, which is not upstream of it"
-                )
-            if head not in reads:
-                reads.append(head)
+        head = path.head
+        if head is None:  # $..x, $.*: any step upstream may hold a match
+            reads += [d for d in sorted(upstream) if d not in reads]
+            continue
+        if head not in steps or head == INPUT:
+            continue
+        if head not in upstream:
+            raise SpecError(
+                f"{where}: step {s.id!r} mapping {field!r} reads step "
+                f"{head!r}, which is not upstream of it"
+            )
+        problem = jsonpath.schema_problem(path, records[head].spec.output_schema)
+        if problem:
+            raise SpecError(
+                f"{where}: step {s.id!r} mapping {field!r} = {text!r}: task "
+                f"{records[head].task_id!r}'s output_schema has {problem}"
+            )
+        if head not in reads:
+            reads.append(head)
     return tuple(reads)
-
-
-def _first(*values: Any) -> Any:
-    return next(v for v in values if v is not None)

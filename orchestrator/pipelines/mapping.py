@@ -10,6 +10,9 @@ from typing import Any
 from orchestrator.errors import FatalError
 from orchestrator.pipelines import jsonpath
 
+#: ``$.input...`` always reads the pipeline input, whatever the steps are called.
+INPUT = "input"
+
 
 def step_input(
     mapping: dict[str, str] | None, pipeline_input: Any, upstream: dict[str, Any]
@@ -17,28 +20,22 @@ def step_input(
     """A step's input document.
 
     Without a mapping: the pipeline input merged with ``{step_id: output}`` for
-    each dependency. With one: each field's JSONPath, where ``$.<step_id>...``
-    reads a step's output (step ids win), ``$.input...`` always reads the
-    pipeline input, and any other ``$.<field>`` reads the pipeline input. A
-    missing pipeline-input field is left out (it may be optional); a missing
-    step-output field is an error naming the mapping.
+    each dependency. With one, each field's JSONPath reads a scope where
+    ``$.<step_id>...`` is a step's output (step ids win over input fields),
+    ``$.input...`` the pipeline input, and any other ``$.<field>`` a pipeline
+    input field. A missing pipeline-input field is left out (it may be
+    optional); a missing step-output field is an error naming the mapping.
     """
+    base = dict(pipeline_input) if isinstance(pipeline_input, dict) else {}
     if not mapping:
-        base = dict(pipeline_input) if isinstance(pipeline_input, dict) else {}
         return {**base, **upstream}
+    scope = {**base, **upstream, INPUT: pipeline_input}
     out: dict[str, Any] = {}
-    for field, path in mapping.items():
-        segments = jsonpath.parse(path)
-        head = segments[0] if segments else None
-        if head in upstream:
-            source, rest, from_step = upstream[head], segments[1:], True
-        elif head == "input":
-            source, rest, from_step = pipeline_input, segments[1:], False
-        else:
-            source, rest, from_step = pipeline_input, segments, False
+    for field, text in mapping.items():
+        path = jsonpath.parse(text)
         try:
-            out[field] = jsonpath.read(source, rest)
+            out[field] = jsonpath.read(path, scope)
         except jsonpath.Missing as e:
-            if from_step:
-                raise FatalError(f"mapping {field!r} = {path!r}: {e}") from e
+            if path.head in upstream:
+                raise FatalError(f"mapping {field!r} = {text!r}: {e}") from e
     return out

@@ -1,82 +1,56 @@
-"""Registered pipelines: definitions in the object store, versions in the records."""
+"""Registering pipelines: checked against the task registry, stored as versioned artifacts."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
-from orchestrator import keys
-from orchestrator.errors import ConflictError, NotFoundError
+from orchestrator.artifacts import Registry
+from orchestrator.errors import NotFoundError
 from orchestrator.models import PipelineRecord
-from orchestrator.objects import ObjectStore
-from orchestrator.pipelines.graph import Plan, compile_plan
+from orchestrator.pipelines.graph import TaskLookup, compile_plan
 from orchestrator.pipelines.spec import PipelineSpec, load_file
-from orchestrator.records import RecordStore
+from orchestrator.plan import Plan
+from orchestrator.settings import Settings
 
 
-def validate_file(path: Path, records: RecordStore) -> list[Plan]:
+def discover(root: Path) -> list[Path]:
+    """The pipeline files directly under ``root``, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotFoundError(f"{root}: no such folder of pipeline files")
+    return sorted(root.glob("*.json"))
+
+
+def validate_file(path: Path, tasks: TaskLookup, settings: Settings) -> list[Plan]:
     """Every pipeline in a file, checked against the task registry; nothing stored."""
-    return [compile_plan(spec, records.get_task) for spec in load_file(path)]
+    return [compile_plan(spec, tasks, settings) for spec in load_file(path)]
 
 
 def register(
-    spec: PipelineSpec, records: RecordStore, objects: ObjectStore, force: bool = False
+    spec: PipelineSpec,
+    registry: Registry[PipelineRecord],
+    tasks: TaskLookup,
+    settings: Settings,
+    force: bool = False,
 ) -> tuple[PipelineRecord, bool]:
     """Validate, then store the definition and record its version; returns (record, changed)."""
-    compile_plan(spec, records.get_task)
+    compile_plan(spec, tasks, settings)
     document = spec.model_dump(mode="json", exclude_none=True)
     data = json.dumps(document, sort_keys=True, indent=2).encode()
-    sha = hashlib.sha256(data).hexdigest()
-    existing = records.get_pipeline(spec.pipeline_id, spec.version)
-    if existing and existing.sha256 == sha:
-        return existing, False
-    if existing and not force:
-        raise ConflictError(
-            f"pipeline {spec.pipeline_id} version {spec.version} is registered with other "
-            "content; bump metadata.version or use --force"
+
+    def build(sha: str, key: str) -> PipelineRecord:
+        return PipelineRecord(
+            pipeline_id=spec.pipeline_id,
+            version=spec.version,
+            sha256=sha,
+            object_key=key,
+            registered_at=time.time(),
+            spec=spec,
         )
-    key = f"pipelines/{spec.pipeline_id}/{spec.version}/{sha}.json"
-    objects.put(keys.PIPELINES_BUCKET, key, data)
-    record = PipelineRecord(
-        pipeline_id=spec.pipeline_id,
-        version=spec.version,
-        sha256=sha,
-        object_key=key,
-        registered_at=time.time(),
-        spec=document,
-    )
-    records.put_pipeline(record)
-    return record, True
 
-
-def resolve(records: RecordStore, pipeline_id: str, version: str | None = None) -> PipelineRecord:
-    record = records.get_pipeline(pipeline_id, version)
-    if record is None:
-        pinned = f" version {version}" if version else ""
-        raise NotFoundError(f"unknown pipeline {pipeline_id!r}{pinned}; see `wtm pipeline list`")
-    return record
-
-
-def delete(
-    records: RecordStore, objects: ObjectStore, pipeline_id: str, version: str | None = None
-) -> list[PipelineRecord]:
-    """Remove versions from the records, then their definitions."""
-    if version is not None:
-        doomed = [resolve(records, pipeline_id, version)]
-    else:
-        doomed = [r for r in records.list_pipelines() if r.pipeline_id == pipeline_id]
-    if not doomed:
-        raise NotFoundError(f"unknown pipeline {pipeline_id!r}; see `wtm pipeline list`")
-    for record in doomed:
-        records.delete_pipeline(record.pipeline_id, record.version)
-        objects.delete(keys.PIPELINES_BUCKET, record.object_key)
-    return doomed
-
-
-def spec_of(record: PipelineRecord) -> PipelineSpec:
-    return PipelineSpec.model_validate(record.spec)
+    return registry.register(spec.pipeline_id, spec.version, data, build, force)
 
 
 def mermaid(spec: PipelineSpec) -> str:

@@ -1,6 +1,8 @@
 """Pipeline files: a single pipeline object, or the seed's ``config_pipeline.json``.
 
-Step defaults come from the step, then its task, then ``global_settings``.
+A step's timeout and retries are resolved from the step, the operator's
+``worker.task_configs``, the task, then ``global_settings``, then the system
+defaults, by :func:`orchestrator.policy.resolve_step_policy`.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ class GlobalSettings(BaseModel):
     """The seed's ``global_settings``: defaults and switches for every pipeline."""
 
     model_config = _STRICT
-    default_timeout: float = Field(default=300, gt=0)
-    default_retry_count: int = Field(default=3, ge=0)
+    # Unset stays None: the system defaults (settings.steps) apply after these.
+    default_timeout: float | None = Field(default=None, gt=0)
+    default_retry_count: int | None = Field(default=None, ge=0)
     max_parallel_tasks: int = Field(default=10, ge=1)
     enable_caching: bool = False
     log_level: str = "INFO"

@@ -19,11 +19,12 @@ from typing import Any
 import ray
 
 from orchestrator import keys
-from orchestrator.errors import NotFoundError
-from orchestrator.models import TaskRecord
+from orchestrator.errors import NotFoundError, ReplicaUnavailable
+from orchestrator.models import TaskRecord, WorkerState
 from orchestrator.policy import desired_replicas
 from orchestrator.records import open_records
 from orchestrator.runtime.replica import Replica
+from orchestrator.runtime.router import ReplicaView
 from orchestrator.settings import Settings
 from orchestrator.taskspec import TaskSpec
 
@@ -32,8 +33,6 @@ log = logging.getLogger("wtm.controller")
 # Control calls (ping, stats) have their own threads, so they are answered
 # while every task thread is busy.
 ReplicaActor = ray.remote(concurrency_groups={"control": 2})(Replica)
-PROBE_TIMEOUT_S = 5.0
-REPORT_TTL_S = 5.0
 
 
 def actor_options(spec: TaskSpec) -> dict[str, Any]:
@@ -62,7 +61,6 @@ class ReplicaSet:
     """One task version's replicas, as the controller sees them."""
 
     record: TaskRecord
-    spec: TaskSpec
     ready: dict[str, Any] = field(default_factory=dict)  # routable replicas
     starting: set[str] = field(default_factory=set)
     draining: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +75,10 @@ class ReplicaSet:
     @property
     def key(self) -> str:
         return keys.set_key(self.record.task_id, self.record.version)
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.record.spec
 
     @property
     def low(self) -> int:
@@ -105,9 +107,7 @@ class Controller:
             self._loop_task = self._background(self._control_loop())
 
     # API for dispatchers and the CLI -----------------------------------------
-    async def replicas(
-        self, task_id: str, version: str, sha256: str | None = None
-    ) -> tuple[int, dict[str, Any]]:
+    async def replicas(self, task_id: str, version: str, sha256: str | None = None) -> ReplicaView:
         """The routable replicas of a set, starting one (and waiting) if none is.
 
         ``sha256`` is the package the caller expects: if the version was
@@ -120,11 +120,11 @@ class Controller:
         rs.last_error = None
         while not rs.ready:
             if rs.last_error:
-                raise RuntimeError(f"no replica of {rs.key} could start: {rs.last_error}")
+                raise ReplicaUnavailable(f"no replica of {rs.key} could start: {rs.last_error}")
             if not rs.starting:
                 self._start_replica(rs)
             await asyncio.wait_for(rs.changed.wait(), self.cfg.load_timeout_s)
-        return rs.generation, dict(rs.ready)
+        return ReplicaView(rs.generation, dict(rs.ready), rs.spec.replicas.max_concurrency)
 
     async def report(self, dispatcher: str, demand: dict[str, int]) -> dict[str, int]:
         """A dispatcher's calls waiting or running per set; returns set generations."""
@@ -140,7 +140,7 @@ class Controller:
         rs.bump()
         with contextlib.suppress(Exception):
             ray.kill(handle, no_restart=True)
-        await self._mark_worker(name, "dead")
+        await self._mark_worker(name, WorkerState.DEAD)
         log.warning("replica %s removed: %s", name, reason)
         await self._reconcile(rs)
 
@@ -230,7 +230,7 @@ class Controller:
         for _ in range(target - current):
             self._start_replica(rs)
         surplus = len(rs.ready) - target
-        for name in sorted(rs.ready, key=_index, reverse=True)[: max(surplus, 0)]:
+        for name in sorted(rs.ready, key=keys.replica_index, reverse=True)[: max(surplus, 0)]:
             rs.draining[name] = rs.ready.pop(name)
             rs.bump()
 
@@ -259,9 +259,7 @@ class Controller:
             record = await asyncio.to_thread(self.records.get_task, task_id, version)
             if record is None:
                 raise NotFoundError(f"unknown task {task_id!r} version {version}")
-            rs = self.sets.setdefault(
-                key, ReplicaSet(record=record, spec=TaskSpec.model_validate(record.spec))
-            )
+            rs = self.sets.setdefault(key, ReplicaSet(record=record))
             await self._adopt(rs)
         return rs
 
@@ -272,14 +270,14 @@ class Controller:
         )
         if record is None or record.sha256 == rs.record.sha256:
             return
-        rs.record, rs.spec = record, TaskSpec.model_validate(record.spec)
+        rs.record = record
         rs.draining.update(rs.ready)
         rs.ready.clear()
         rs.bump()
 
     async def _adopt(self, rs: ReplicaSet) -> None:
         """Take over replicas a previous controller started (they are detached)."""
-        prefix = keys.replica_name(rs.record.task_id, rs.record.version, 0)[:-1]
+        prefix = keys.replica_prefix(rs.record.task_id, rs.record.version)
         names = [
             a["name"]
             for a in ray.util.list_named_actors(all_namespaces=True)
@@ -288,7 +286,7 @@ class Controller:
         for name in names:
             with contextlib.suppress(Exception):
                 rs.ready[name] = ray.get_actor(name, namespace=self.settings.ray.namespace)
-                rs.next_index = max(rs.next_index, _index(name) + 1)
+                rs.next_index = max(rs.next_index, keys.replica_index(name) + 1)
         if names:
             rs.bump()
 
@@ -313,7 +311,7 @@ class Controller:
             rs.last_error = f"{type(e).__name__}: {e}"[:300]
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)
-            await self._mark_worker(name, "dead")
+            await self._mark_worker(name, WorkerState.DEAD)
             rs.starting.discard(name)
             rs.bump()
             return
@@ -324,7 +322,9 @@ class Controller:
 
     async def _probe(self, handle: Any, method: str) -> Any:
         try:
-            return await asyncio.wait_for(getattr(handle, method).remote(), PROBE_TIMEOUT_S)
+            return await asyncio.wait_for(
+                getattr(handle, method).remote(), self.cfg.probe_timeout_s
+            )
         except ray.exceptions.RayActorError:
             return _DEAD
         except (asyncio.TimeoutError, ray.exceptions.RayError):
@@ -332,12 +332,13 @@ class Controller:
 
     def _demand(self, key: str) -> int:
         now = time.monotonic()
-        return sum(d.get(key, 0) for t, d in self.reports.values() if now - t < REPORT_TTL_S)
+        ttl = self.cfg.report_ttl_s
+        return sum(d.get(key, 0) for t, d in self.reports.values() if now - t < ttl)
 
     def _high(self, rs: ReplicaSet) -> int:
         return max(rs.spec.replicas.max, rs.low)
 
-    async def _mark_worker(self, name: str, state: str) -> None:
+    async def _mark_worker(self, name: str, state: WorkerState) -> None:
         workers = await asyncio.to_thread(self.records.list_workers)
         for w in workers:
             if w.worker_id == name:
@@ -356,10 +357,6 @@ class Controller:
 
 
 _DEAD = object()
-
-
-def _index(name: str) -> int:
-    return int(name.rsplit("#", 1)[1])
 
 
 def deploy(settings: Settings) -> Any:

@@ -1,8 +1,9 @@
 """A replica: one named detached Ray actor that loaded its task once.
 
-The replica never raises into Ray: every call returns an :class:`Outcome`,
-so the dispatcher sees the task's own error type and whether it is
-retryable, without unpickling user exception classes.
+The replica never raises into Ray: every call returns an
+:class:`~orchestrator.runtime.calls.Outcome`, so the dispatcher sees the
+task's own error type and whether it is retryable, without unpickling user
+exception classes.
 """
 
 from __future__ import annotations
@@ -21,43 +22,15 @@ import psutil
 import ray
 
 from orchestrator import keys
-from orchestrator.models import TaskRecord, WorkerRecord
+from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
 from orchestrator.objects import open_objects
 from orchestrator.pipelines.mapping import step_input
 from orchestrator.policy import classify
 from orchestrator.records import open_records
 from orchestrator.runner import TaskRunner
 from orchestrator.runtime.batching import Batcher
+from orchestrator.runtime.calls import Outcome, StepCall, failure
 from orchestrator.settings import Settings
-
-
-@dataclass
-class Outcome:
-    """What one call produced: a result or an error, and where it ran."""
-
-    ok: bool
-    worker_id: str
-    node: str
-    started_at: float
-    finished_at: float
-    result: Any = None
-    error_type: str | None = None
-    error_message: str | None = None
-    retryable: bool = False
-    broken: bool = False  # the replica could not load its task
-    memory: int | None = None
-    cache_hit: bool = False
-
-
-@dataclass(frozen=True)
-class StepCall:
-    """How a replica builds one pipeline step's input and whether it may cache."""
-
-    step_id: str
-    reads: tuple[str, ...] = ()
-    input_mapping: dict[str, str] | None = None
-    cache: bool = False
-    keep_as: str | None = None  # object key to keep the output under, for resuming
 
 
 @dataclass
@@ -80,7 +53,7 @@ class Replica:
         self._records = open_records(settings)
         self._stats = _Stats()
         self._lock = threading.Lock()
-        self._beat("loading")
+        self._beat(WorkerState.LOADING)
         self._objects = open_objects(settings)
         self.runner: TaskRunner | None = None
         self.load_error: Exception | None = None
@@ -89,12 +62,12 @@ class Replica:
         try:
             self.runner = TaskRunner.load(record, self._objects, cache)
             self.runner.task.ensure_ready()  # the model loads here, once
-            batch = self.runner.spec.batch
+            batch = record.spec.batch
             if batch and self.runner.task.batches:
                 self._batcher = Batcher(self.runner.run_batch, batch.max_size, batch.wait_ms / 1000)
         except Exception as e:  # noqa: BLE001 - reported on every call instead
             self.load_error = e
-        self._beat("broken" if self.load_error else "idle")
+        self._beat(WorkerState.BROKEN if self.load_error else WorkerState.IDLE)
         threading.Thread(target=self._heartbeat_loop, daemon=True).start()
 
     def call(self, input_data: Any) -> Outcome:
@@ -154,16 +127,7 @@ class Replica:
         return keys.cache_key(self.record.task_id, digest)
 
     def _failed(self, started: float, e: BaseException, retryable: bool) -> Outcome:
-        return Outcome(
-            False,
-            self.worker_id,
-            self.node,
-            started,
-            time.time(),
-            error_type=type(e).__name__,
-            error_message=str(e),
-            retryable=retryable,
-        )
+        return failure(self.worker_id, started, e, retryable=retryable, node=self.node)
 
     @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, Any]:
@@ -174,7 +138,7 @@ class Replica:
     def ping(self) -> str:
         return self.worker_id
 
-    def _worker_record(self, state: str | None = None) -> WorkerRecord:
+    def _worker_record(self, state: WorkerState | None = None) -> WorkerRecord:
         with self._lock:
             s = self._stats
             lat = s.latencies
@@ -196,12 +160,12 @@ class Replica:
                 heartbeat_at=time.time(),
             )
 
-    def _state(self) -> str:
+    def _state(self) -> WorkerState:
         if self.load_error is not None:
-            return "broken"
-        return "busy" if self._stats.in_flight else "idle"
+            return WorkerState.BROKEN
+        return WorkerState.BUSY if self._stats.in_flight else WorkerState.IDLE
 
-    def _beat(self, state: str | None = None) -> None:
+    def _beat(self, state: WorkerState | None = None) -> None:
         # A missed heartbeat must never kill the replica.
         with contextlib.suppress(Exception):
             self._records.put_worker(self._worker_record(state))

@@ -1,25 +1,63 @@
 """A dispatcher's view of the replica sets: least-loaded routing within limits.
 
-Handles come from the controller and are cached, so a job costs no Ray
-lookup. The router counts its own calls per replica, sends each call to the
-replica with the fewest, and holds a call back while every replica is at its
-``max_concurrency`` (so a call's timeout starts when it really starts). Every
-``period`` it reports its demand to the controller, whose answer says which
-sets changed.
+Handles come from a :class:`ReplicaSource` (the controller) and are cached, so
+a call costs no Ray lookup. The router counts its own calls per replica, sends
+each call to the replica with the fewest, and holds a call back while every
+replica is at the set's ``max_concurrency`` (so a call's timeout starts when
+it really starts). Every ``report_s`` it reports its demand to the source,
+whose answer says which sets changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator import keys
-from orchestrator.models import TaskRecord
-from orchestrator.taskspec import TaskSpec
+from orchestrator.plan import PlannedStep
 
-REFRESH_WAIT_S = 1.0
+log = logging.getLogger("wtm.router")
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """A set's routable replicas as its owner sees them now."""
+
+    generation: int  # changes whenever the set's replicas change
+    handles: dict[str, Any]
+    max_concurrency: int  # calls one replica takes at once
+
+
+class ReplicaSource(Protocol):
+    """Who owns the replica sets (the controller actor in production)."""
+
+    async def replicas(self, task_id: str, version: str, sha256: str | None) -> ReplicaView:
+        """The set's routable replicas, starting one (and waiting) if it has none."""
+
+    async def report(self, consumer: str, demand: dict[str, int]) -> dict[str, int]:
+        """This dispatcher's calls waiting or running per set; returns set generations."""
+
+    def replica_failed(self, key: str, name: str, reason: str) -> None:
+        """A replica died or hung: have it replaced (fire and forget)."""
+
+
+class ControllerReplicas:
+    """The controller actor as a :class:`ReplicaSource`."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    async def replicas(self, task_id: str, version: str, sha256: str | None) -> ReplicaView:
+        return await self.handle.replicas.remote(task_id, version, sha256)
+
+    async def report(self, consumer: str, demand: dict[str, int]) -> dict[str, int]:
+        return await self.handle.report.remote(consumer, demand)
+
+    def replica_failed(self, key: str, name: str, reason: str) -> None:
+        self.handle.replica_failed.remote(key, name, reason)
 
 
 @dataclass
@@ -37,68 +75,82 @@ class Route:
 
 
 class Router:
-    """Picks a replica for each call; tells the controller about demand and failures."""
+    """Picks a replica for each call; tells the source about demand and failures."""
 
-    def __init__(self, controller: Any, consumer: str):
-        self.controller = controller
+    def __init__(self, source: ReplicaSource, consumer: str, report_s: float, wait_s: float):
+        self.source = source
         self.consumer = consumer
+        self.report_s = report_s
+        self.wait_s = wait_s
         self.routes: dict[str, Route] = {}
+        self._reporter: asyncio.Task | None = None
 
-    async def acquire(self, record: TaskRecord) -> tuple[str, Any]:
-        """A replica with a free slot (waits for one); pair with :meth:`release`."""
-        key = keys.set_key(record.task_id, record.version)
+    async def acquire(self, step: PlannedStep) -> tuple[str, Any]:
+        """A replica of the step's task with a free slot (waits for one); pair with release."""
+        self._ensure_reporting()
+        key = keys.set_key(step.task_id, step.version)
         route = self.routes.setdefault(key, Route())
-        route.limit = TaskSpec.model_validate(record.spec).replicas.max_concurrency
         route.demand += 1
-        if route.sha256 != record.sha256:  # re-registered with --force: new replicas
+        if route.sha256 != step.package_sha256:  # re-registered with --force: new replicas
             route.stale = True
         try:
             while True:
                 if route.stale or not route.handles:
-                    await self._refresh(key, record, route)
+                    await self._refresh(step, route)
                 name = _least_loaded(route)
                 if name is not None:
                     route.outstanding[name] += 1
                     return name, route.handles[name]
                 route.freed.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(route.freed.wait(), REFRESH_WAIT_S)
+                    await asyncio.wait_for(route.freed.wait(), self.wait_s)
         except BaseException:
             route.demand -= 1
             raise
 
-    def release(self, record: TaskRecord, name: str) -> None:
-        route = self.routes[keys.set_key(record.task_id, record.version)]
+    def release(self, step: PlannedStep, name: str) -> None:
+        route = self.routes[keys.set_key(step.task_id, step.version)]
         route.demand -= 1
         if name in route.outstanding:
             route.outstanding[name] -= 1
         route.freed.set()
 
-    def failed(self, record: TaskRecord, name: str, reason: str) -> None:
-        """Stop routing to a replica and have the controller replace it."""
-        key = keys.set_key(record.task_id, record.version)
+    def failed(self, step: PlannedStep, name: str, reason: str) -> None:
+        """Stop routing to a replica and have the source replace it."""
+        key = keys.set_key(step.task_id, step.version)
         route = self.routes.get(key)
         if route is not None:
             route.handles.pop(name, None)
             route.outstanding.pop(name, None)
             route.stale = True
-        self.controller.replica_failed.remote(key, name, reason)
+        self.source.replica_failed(key, name, reason)
 
     async def report(self) -> None:
         """Send demand; mark the routes whose set changed since we fetched it."""
         demand = {key: route.demand for key, route in self.routes.items()}
-        generations = await self.controller.report.remote(self.consumer, demand)
+        generations = await self.source.report(self.consumer, demand)
         for key, route in self.routes.items():
             if generations.get(key, route.generation) != route.generation:
                 route.stale = True
 
-    async def _refresh(self, key: str, record: TaskRecord, route: Route) -> None:
-        generation, handles = await self.controller.replicas.remote(
-            record.task_id, record.version, record.sha256
-        )
-        route.generation, route.handles, route.stale = generation, handles, False
-        route.sha256 = record.sha256
-        route.outstanding = {name: route.outstanding.get(name, 0) for name in handles}
+    def _ensure_reporting(self) -> None:
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.report_s)
+            try:
+                await self.report()
+            except Exception:  # the controller restarting, say: report again next period
+                log.exception("reporting demand failed")
+
+    async def _refresh(self, step: PlannedStep, route: Route) -> None:
+        view = await self.source.replicas(step.task_id, step.version, step.package_sha256)
+        route.generation, route.handles, route.stale = view.generation, view.handles, False
+        route.limit = view.max_concurrency
+        route.sha256 = step.package_sha256
+        route.outstanding = {name: route.outstanding.get(name, 0) for name in view.handles}
         route.freed.set()
 
 

@@ -12,20 +12,40 @@ from orchestrator.pipelines import jsonpath
 from orchestrator.pipelines.graph import check_input, compile_plan
 from orchestrator.pipelines.mapping import step_input
 from orchestrator.pipelines.spec import load_file, parse_document
+from orchestrator.settings import Settings
+from orchestrator.taskspec import TaskSpec
 from tests.conftest import ROOT
 
-TASKS = {
-    name: TaskRecord(
+SETTINGS = Settings(home="/nonexistent-wtm-home")
+
+
+def task_record(name: str, **spec) -> TaskRecord:
+    return TaskRecord(
         task_id=name,
         version="1.0.0",
         sha256=f"sha-{name}",
         size=1,
         object_key="k",
         registered_at=1.0,
-        spec={"timeout": 40, "max_retries": 1},
+        spec=TaskSpec(task_id=name, name=name, version="1.0.0", entry_point="task.Task", **spec),
     )
-    for name in ("a", "b", "c", "d")
-}
+
+
+TASKS = {name: task_record(name, timeout=40, max_retries=1) for name in ("a", "b", "c", "d")}
+TASKS["bare"] = task_record("bare")  # sets no timeout and no retries of its own
+TASKS["detector"] = task_record(
+    "detector",
+    output_schema={
+        "type": "object",
+        "properties": {
+            "faces": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"bbox": {"type": "array"}}},
+            },
+            "extra": {"type": "object"},
+        },
+    },
+)
 
 
 def lookup(task_id, version=None):
@@ -37,6 +57,10 @@ def pipeline(*steps, **extra):
     return parse_document({"pipeline_id": "p", "steps": list(steps), **extra}, "p.json")[0]
 
 
+def compile_(spec, settings=SETTINGS):
+    return compile_plan(spec, lookup, settings)
+
+
 def test_builtin_pipeline_files_parse_in_both_formats():
     config = load_file(ROOT / "pipelines" / "face_processing_pipeline.json")
     single = load_file(ROOT / "pipelines" / "simple_face_pipeline.json")
@@ -45,25 +69,44 @@ def test_builtin_pipeline_files_parse_in_both_formats():
     assert single[0].steps[0].id == "detection"
 
 
-def test_defaults_come_from_step_then_task_then_global_settings():
+def test_global_settings_apply_to_a_task_that_sets_none_and_a_tasks_own_values_win():
     spec = parse_document(
         {
             "pipelines": {
                 "p": {
                     "steps": [
-                        {"task_id": "a", "timeout": 5},
-                        {"task_id": "b", "depends_on": ["a"], "retry_count": 0},
+                        {"task_id": "bare"},
+                        {"task_id": "a", "depends_on": ["bare"]},
                     ]
                 }
             },
-            "global_settings": {"default_timeout": 99, "default_retry_count": 7},
+            "global_settings": {"default_timeout": 7, "default_retry_count": 0},
         },
         "c.json",
     )[0]
-    plan = compile_plan(spec, lookup)
-    a, b = plan.steps
-    assert (a.step_id, a.timeout, a.retries) == ("a", 5, 1)  # step, then task
-    assert (b.timeout, b.retries) == (40, 0)
+    bare, own = compile_(spec).steps
+    assert (bare.policy.timeout, bare.policy.retries) == (7, 0)  # the pipeline's defaults
+    assert (own.policy.timeout, own.policy.retries) == (40, 1)  # the task's own values
+
+
+def test_a_step_value_wins_over_everything_and_system_defaults_come_last():
+    settings = Settings(
+        home="/nonexistent-wtm-home",
+        steps={"timeout_s": 11, "max_retries": 5},
+        worker={"task_configs": {"a": {"timeout": 90}}},
+    )
+    spec = pipeline(
+        {"task_id": "a", "timeout": 5, "retry_count": 2},
+        {"task_id": "b", "step_id": "b1"},
+        {"task_id": "a", "step_id": "a2"},
+        {"task_id": "bare", "step_id": "nothing_set"},
+    )
+    step, task_level, override, system = compile_(spec, settings).steps
+    assert (step.policy.timeout, step.policy.retries) == (5, 2)
+    assert (task_level.policy.timeout, task_level.policy.retries) == (40, 1)
+    assert (override.policy.timeout, override.policy.retries) == (90, 1)  # task_configs
+    assert (system.policy.timeout, system.policy.retries) == (11, 5)
+    assert system.policy.backoff_base == settings.steps.backoff_base_s
 
 
 def test_a_cycle_is_rejected_with_its_path():
@@ -73,7 +116,7 @@ def test_a_cycle_is_rejected_with_its_path():
         {"task_id": "c", "depends_on": ["b"]},
     )
     with pytest.raises(SpecError, match=r"cycle a -> c -> b -> a"):
-        compile_plan(spec, lookup)
+        compile_(spec)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +132,8 @@ def test_a_cycle_is_rejected_with_its_path():
             "reads step 'a', which is not upstream",
         ),
         ([{"task_id": "a", "input_mapping": {"x": "a.b"}}], SpecError, "must start with"),
-        ([{"task_id": "a", "input_mapping": {"x": "$.a..b"}}], SpecError, "cannot read"),
+        ([{"task_id": "a", "input_mapping": {"x": "$.a[?("}}], SpecError, "cannot read"),
+        ([{"task_id": "a", "step_id": "input"}], SpecError, "'input' is reserved"),
         (
             [
                 {"task_id": "a", "parallel_group": "g"},
@@ -102,12 +146,12 @@ def test_a_cycle_is_rejected_with_its_path():
 )
 def test_invalid_pipelines_are_rejected_by_name(steps, error, message):
     with pytest.raises(error, match=message):
-        compile_plan(pipeline(*steps), lookup)
+        compile_(pipeline(*steps))
 
 
 def test_disabled_pipelines_and_unknown_fields_are_refused():
     with pytest.raises(SpecError, match="disabled"):
-        compile_plan(pipeline({"task_id": "a"}, enabled=False), lookup)
+        compile_(pipeline({"task_id": "a"}, enabled=False))
     with pytest.raises(SpecError, match=r"p.json: unknown field 'steps.0.retries'"):
         pipeline({"task_id": "a", "retries": 2})
 
@@ -129,16 +173,63 @@ def test_mappings_may_read_any_upstream_step_not_only_direct_dependencies():
             "input_mapping": {"x": "$.a.out", "y": "$.b.out", "z": "$.image"},
         },
     )
-    assert compile_plan(spec, lookup).steps[-1].reads == ("a", "b")
+    assert compile_(spec).steps[-1].reads == ("a", "b")
 
 
-def test_jsonpath_indexes_and_wildcards():
-    doc = {"faces": [{"bbox": [1, 2]}, {"bbox": [3, 4]}], "n": {"k": 1}}
-    assert jsonpath.read(doc, jsonpath.parse("$.faces[1].bbox[0]")) == 3
-    assert jsonpath.read(doc, jsonpath.parse("$.faces[*].bbox")) == [[1, 2], [3, 4]]
-    assert jsonpath.read(doc, jsonpath.parse("$['n'].k")) == 1
-    with pytest.raises(jsonpath.Missing, match="no index"):
-        jsonpath.read(doc, jsonpath.parse("$.faces[5]"))
+def test_jsonpath_indexes_wildcards_slices_filters_and_recursive_descent():
+    doc = {"faces": [{"bbox": [1, 2], "s": 0.2}, {"bbox": [3, 4], "s": 0.9}], "n": {"k": 1}}
+
+    def read(text):
+        return jsonpath.read(jsonpath.parse(text), doc)
+
+    assert read("$.faces[1].bbox[0]") == 3
+    assert read("$.faces[*].bbox") == [[1, 2], [3, 4]]
+    assert read("$['n'].k") == 1
+    assert read("$.faces[0:1].bbox") == [[1, 2]]
+    assert read("$.faces[?(@.s > 0.5)].bbox") == [[3, 4]]
+    assert read("$..k") == [1]
+    with pytest.raises(jsonpath.Missing):
+        read("$.faces[5]")
+
+
+def test_mappings_are_checked_against_the_upstream_tasks_output_schema():
+    ok = pipeline(
+        {"task_id": "detector"},
+        {
+            "task_id": "a",
+            "depends_on": ["detector"],
+            "input_mapping": {
+                "boxes": "$.detector.faces[*].bbox",
+                "x": "$.detector.extra.anything",
+            },
+        },
+    )
+    assert compile_(ok).steps[-1].reads == ("detector",)
+    typo = pipeline(
+        {"task_id": "detector"},
+        {
+            "task_id": "a",
+            "depends_on": ["detector"],
+            "input_mapping": {"boxes": "$.detector.faces[*].bboxes"},
+        },
+    )
+    with pytest.raises(SpecError, match=r"'detector'.s output_schema has no field 'bboxes'"):
+        compile_(typo)
+    missing = pipeline(
+        {"task_id": "detector"},
+        {"task_id": "a", "depends_on": ["detector"], "input_mapping": {"x": "$.detector.nope"}},
+    )
+    with pytest.raises(SpecError, match=r"no field 'nope' \(it has: extra, faces\)"):
+        compile_(missing)
+
+
+def test_recursive_descent_reads_every_upstream_step():
+    spec = pipeline(
+        {"task_id": "a"},
+        {"task_id": "b", "depends_on": ["a"]},
+        {"task_id": "c", "depends_on": ["b"], "input_mapping": {"all": "$..bbox"}},
+    )
+    assert compile_(spec).steps[-1].reads == ("a", "b")
 
 
 def test_step_input_with_and_without_a_mapping():
@@ -192,7 +283,7 @@ def test_seed_config_pipeline_with_a_custom_unmapped_step_compiles():
             }
         )
     )
-    plan = compile_plan(parse_document(data, "my_pipeline.json")[0], lookup)
+    plan = compile_(parse_document(data, "my_pipeline.json")[0])
     assert [s.step_id for s in plan.steps] == ["a", "b"]
     assert plan.steps[1].reads == ("a",)
 

@@ -58,7 +58,7 @@ def task(task_id: str, version: str, registered_at: float) -> TaskRecord:
         size=123,
         object_key=f"tasks/{task_id}/{version}/x.tar.gz",
         registered_at=registered_at,
-        spec={"task_id": task_id, "version": version},
+        spec={"task_id": task_id, "name": task_id, "version": version, "entry_point": "t.T"},
     )
 
 
@@ -84,7 +84,7 @@ def worker(worker_id: str, processed: int = 0) -> WorkerRecord:
         worker_id=worker_id,
         task_id="face_detection",
         version="1.0.0",
-        state="ready",
+        state="idle",
         processed=processed,
         heartbeat_at=1000.0 + processed,
     )
@@ -97,7 +97,7 @@ def pipeline(pipeline_id: str, version: str, registered_at: float) -> PipelineRe
         sha256=f"sha-{pipeline_id}-{version}",
         object_key=f"pipelines/{pipeline_id}/{version}.json",
         registered_at=registered_at,
-        spec={"pipeline_id": pipeline_id, "steps": []},
+        spec={"pipeline_id": pipeline_id, "steps": [{"task_id": "face_detection"}]},
     )
 
 

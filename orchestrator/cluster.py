@@ -1,0 +1,131 @@
+"""The Ray connection: explicit, one cluster per process, never switched behind a caller's back.
+
+A process is a Ray driver of at most one cluster. :func:`connect` makes it
+one, or confirms it already is one of this stack's cluster, and refuses with
+a clear error to switch a process that drives another. Work any process must
+be able to do, such as deploying the controller and dispatchers when a stack
+starts, runs in a short-lived child process (:func:`deploy`,
+:func:`remove_actors`), so a process can start or stop a second stack while
+it drives the first.
+
+Run as ``python -m orchestrator.cluster deploy|remove`` with the settings as
+JSON on stdin (never on the command line: they may hold passwords).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator import keys
+from orchestrator.errors import StackError
+from orchestrator.settings import Settings
+
+CHILD_TIMEOUT_S = 180.0
+
+
+def connect(settings: Settings) -> None:
+    """Make this process a driver of the stack's cluster (a no-op if it already is).
+
+    StackError if this process drives another cluster: a driver talks to one
+    cluster, and switching would break every handle the caller holds.
+    """
+    import ray
+
+    if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if same_cluster(current, settings.ray.address):
+            return
+        raise StackError(
+            f"this process is a Ray driver of the cluster at {current}, not of "
+            f"{settings.ray.address}; a process drives one cluster: use another process"
+        )
+    ray.init(
+        address=settings.ray.address,
+        namespace=settings.ray.namespace,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
+
+
+def same_cluster(a: str | None, b: str | None) -> bool:
+    # Ray reports the head by the machine's address even when given 127.0.0.1.
+    return bool(a and b) and a.rsplit(":", 1)[-1] == b.rsplit(":", 1)[-1]
+
+
+def deploy(settings: Settings) -> list[str]:
+    """Start the controller and the dispatchers (idempotent); returns the dispatchers."""
+    return json.loads(_in_child("deploy", settings))
+
+
+def remove_actors(settings: Settings) -> None:
+    """Remove this system's named actors from a cluster we did not start."""
+    _in_child("remove", settings)
+
+
+def _in_child(verb: str, settings: Settings) -> str:
+    package_root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{package_root}{os.pathsep}{path}" if path else package_root,
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cluster", verb],
+            input=settings.model_dump_json(),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=CHILD_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise StackError(f"{verb} on the Ray cluster took over {CHILD_TIMEOUT_S:g}s") from e
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise StackError(f"{verb} on the Ray cluster at {settings.ray.address} failed: {lines[-1]}")
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
+def _deploy_here(settings: Settings) -> list[str]:
+    from orchestrator import dispatcher
+    from orchestrator.runtime import controller
+
+    controller.deploy(settings)
+    return dispatcher.deploy(settings)
+
+
+def _remove_here(settings: Settings) -> None:
+    import ray
+
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == settings.ray.namespace and keys.is_ours(actor["name"]):
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+
+
+def main(argv: list[str]) -> int:
+    """The child's side: connect, do one thing, print its result as JSON."""
+    verb = argv[0] if argv else ""
+    if verb not in ("deploy", "remove"):
+        print(
+            f"usage: python -m orchestrator.cluster deploy|remove (got {verb!r})", file=sys.stderr
+        )
+        return 2
+    settings = Settings(**json.loads(sys.stdin.read()))
+    try:
+        connect(settings)
+        result = _deploy_here(settings) if verb == "deploy" else _remove_here(settings)
+    except Exception as e:  # noqa: BLE001 - the parent shows the last line
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

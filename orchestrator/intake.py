@@ -1,0 +1,69 @@
+"""The durable intake: the job message and how it enters its queue's stream.
+
+A job is one entry in ``wtm:q:<queue>:<lane>``; it carries the compiled plan,
+so a dispatcher runs it without reading the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator import keys
+from orchestrator.models import ExecutionRecord
+from orchestrator.plan import Plan
+
+
+class Job(BaseModel):
+    """The immutable message on a stream: enough to run without a records read."""
+
+    model_config = ConfigDict(frozen=True)
+
+    execution_id: str
+    kind: Literal["task", "pipeline"]
+    target: str
+    version: str | None = None
+    queue: str = "default"
+    priority: int = 5
+    submitted_at: float
+    input: Any = None
+    plan: Plan
+
+    @classmethod
+    def of(cls, execution: ExecutionRecord, plan: Plan) -> Job:
+        """The message for a recorded execution."""
+        return cls(
+            execution_id=execution.execution_id,
+            kind=execution.kind,
+            target=execution.target,
+            version=execution.version,
+            queue=execution.queue,
+            priority=execution.priority,
+            submitted_at=execution.submitted_at,
+            input=execution.input,
+            plan=plan,
+        )
+
+    @property
+    def stream(self) -> str:
+        return keys.stream(self.queue, keys.lane_for(self.priority))
+
+    def encode(self) -> dict[str, str]:
+        """Fields for XADD."""
+        return {"job": self.model_dump_json()}
+
+    @classmethod
+    def decode(cls, fields: dict[bytes | str, bytes | str]) -> Job:
+        raw = fields.get(b"job", fields.get("job"))
+        return cls.model_validate(json.loads(raw))
+
+
+def enqueue(r: redis.Redis, job: Job) -> None:
+    """Add the job to its stream, and its queue to the set dispatchers read, in one step."""
+    pipe = r.pipeline(transaction=True)
+    pipe.sadd(keys.QUEUES_SET, job.queue)
+    pipe.xadd(job.stream, job.encode())
+    pipe.execute()

@@ -1,0 +1,85 @@
+"""What the driver runs: a plan of steps, each with its task pinned and its policy resolved.
+
+A task run is a one-step plan (:func:`task_plan`); a pipeline compiles into
+one (:func:`orchestrator.pipelines.graph.compile_plan`). What differs between
+the two is data on the plan, so the driver never asks which one it runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.models import StepRecord
+from orchestrator.policy import Level, StepPolicy, resolve_step_policy
+
+if TYPE_CHECKING:
+    from orchestrator.models import TaskRecord
+    from orchestrator.settings import Settings
+
+
+class PlannedStep(BaseModel):
+    """A step with its task version pinned and its policy resolved."""
+
+    model_config = ConfigDict(frozen=True)
+    step_id: str
+    task_id: str
+    version: str
+    package_sha256: str
+    policy: StepPolicy
+    deps: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()  # upstream steps whose outputs this step receives
+    parallel_group: str | None = None
+    input_mapping: dict[str, str] | None = None
+
+
+class Plan(BaseModel):
+    """Steps in dependency order, and how the driver reports on them."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: Literal["task", "pipeline"]
+    target: str  # the task or pipeline id
+    version: str
+    steps: tuple[PlannedStep, ...]
+    max_parallel: int = 1
+    caching: bool = False
+    # A pipeline's steps are each recorded (and published) as they change; a
+    # task's one step is recorded with its execution.
+    record_steps: bool = False
+    # Each finished step's output is kept, so a claimed execution resumes after it.
+    keep_outputs: bool = False
+    # A failure names its step: "step 'x' failed: ...".
+    name_failed_step: bool = False
+    # A result's ``summary`` gets each step's time and the total.
+    summary_timings: bool = False
+
+    @property
+    def sinks(self) -> list[str]:
+        """Steps nothing depends on: their outputs are the result."""
+        used = {d for s in self.steps for d in s.deps}
+        return [s.step_id for s in self.steps if s.step_id not in used]
+
+    def pending_steps(self) -> list[StepRecord]:
+        """Step records as they stand before anything runs."""
+        return [
+            StepRecord(step_id=s.step_id, task_id=s.task_id, version=s.version) for s in self.steps
+        ]
+
+
+def task_plan(record: TaskRecord, settings: Settings) -> Plan:
+    """A task run: one step, its policy from the operator's overrides, the task, the defaults."""
+    override = settings.worker.task_configs.get(record.task_id)
+    policy = resolve_step_policy(
+        settings.steps,
+        override=Level(override.timeout, override.max_retries) if override else Level(),
+        task=Level(record.spec.timeout, record.spec.max_retries),
+    )
+    step = PlannedStep(
+        step_id=record.task_id,
+        task_id=record.task_id,
+        version=record.version,
+        package_sha256=record.sha256,
+        policy=policy,
+    )
+    return Plan(kind="task", target=record.task_id, version=record.version, steps=(step,))

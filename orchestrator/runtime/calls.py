@@ -1,0 +1,69 @@
+"""What passes between the driver and a replica: one step's call and its outcome.
+
+Plain data with no Ray in it, so the driver and its in-process twin share it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: Asked right before a step's call: True means its execution was cancelled.
+CancelCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """How a replica builds one step's input, and whether it may cache or keep the output."""
+
+    step_id: str
+    reads: tuple[str, ...] = ()
+    input_mapping: dict[str, str] | None = None
+    cache: bool = False
+    keep_as: str | None = None  # object key to keep the output under, for resuming
+
+
+@dataclass
+class Outcome:
+    """What one attempt produced: success or an error, and where it ran.
+
+    A replica never raises into Ray: the dispatcher sees the task's own error
+    type and whether it is retryable, without unpickling user exception classes.
+    """
+
+    ok: bool
+    worker_id: str
+    node: str
+    started_at: float
+    finished_at: float
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    retryable: bool = False
+    broken: bool = False  # the replica could not load its task
+    memory: int | None = None
+    cache_hit: bool = False
+
+
+def failure(
+    worker: str,
+    started: float,
+    error: BaseException,
+    *,
+    retryable: bool = False,
+    message: str | None = None,
+    node: str = "",
+) -> Outcome:
+    """An outcome for an attempt that failed, from the exception that ended it."""
+    return Outcome(
+        False,
+        worker,
+        node,
+        started,
+        time.time(),
+        error_type=type(error).__name__,
+        error_message=message or str(error),
+        retryable=retryable,
+    )

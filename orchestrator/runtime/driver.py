@@ -1,0 +1,207 @@
+"""The driver: runs a plan's steps and records each change.
+
+A step starts once its dependencies have succeeded, with their outputs'
+references as arguments (on Ray those resolve on the replica's node, so no
+step result passes through the dispatcher). The steps of a parallel group are
+in flight together; the plan's ``max_parallel`` bounds them. Each step is
+tried under its policy (retries with backoff); one that fails for good skips
+its dependents, and :func:`~orchestrator.lifecycle.judge` names it.
+
+The driver knows nothing of Redis, the records or Ray: it talks to an
+:class:`Executor` (where attempts run) and a
+:class:`~orchestrator.runtime.store.RunStore` (what it records). Each has an
+in-process twin (:class:`LocalExecutor`, ``MemoryRunStore``), so the driver is
+tested on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from orchestrator import keys, lifecycle
+from orchestrator.errors import Cancelled
+from orchestrator.lifecycle import Verdict
+from orchestrator.models import ExecutionRecord, ExecutionStatus, StepRecord, StepStatus
+from orchestrator.pipelines.mapping import step_input
+from orchestrator.plan import Plan, PlannedStep
+from orchestrator.policy import classify, compute_backoff, should_retry
+from orchestrator.runtime.calls import CancelCheck, Outcome, StepCall, failure
+from orchestrator.runtime.store import RunStore
+
+
+class Executor(Protocol):
+    """Where a step's attempts run: Ray replicas (``runtime.caller.Caller``) or in process."""
+
+    def put(self, value: Any) -> Any:
+        """A reference to a value the steps receive."""
+
+    async def get(self, refs: list[Any]) -> list[Any]:
+        """The values behind references."""
+
+    async def attempt(
+        self, step: PlannedStep, call: StepCall, args: tuple[Any, ...], cancelled: CancelCheck
+    ) -> tuple[Outcome, Any]:
+        """One try: its outcome, and a reference to the output if it succeeded.
+
+        ``args`` are the pipeline input's reference, then those of the steps in
+        ``call.reads``. Raises :class:`~orchestrator.errors.Cancelled` if
+        ``cancelled()`` holds once the step could start.
+        """
+
+
+class Driver:
+    """Runs plans; one driver per dispatcher, one :meth:`run` per execution."""
+
+    def __init__(self, executor: Executor, store: RunStore):
+        self.executor = executor
+        self.store = store
+
+    async def run(self, plan: Plan, pipeline_input: Any, record: ExecutionRecord) -> Verdict:
+        """Run every step it can, filling ``record.steps``; the verdict carries the result."""
+        if [s.step_id for s in record.steps] != [s.step_id for s in plan.steps]:
+            record.steps = plan.pending_steps()
+        run = _Run(plan, record, self.executor.put(pipeline_input))
+        await self._resume(run)
+        await asyncio.gather(*(self._step(run, s) for s in plan.steps))
+        verdict = lifecycle.judge(record.steps, plan.name_failed_step)
+        if verdict.status == ExecutionStatus.SUCCEEDED:
+            verdict = replace(verdict, result=await self._result(run))
+        return verdict
+
+    async def _resume(self, run: _Run) -> None:
+        """A claimed execution reuses the outputs its finished steps kept; the rest run again."""
+        for sr in run.record.steps:
+            if sr.status == StepStatus.PENDING:
+                continue
+            if sr.status == StepStatus.SUCCEEDED and run.plan.keep_outputs:
+                output = await self.store.kept_output(run.record.execution_id, sr.step_id)
+                if output is not None:
+                    run.outputs[sr.step_id] = self.executor.put(output)
+                    run.done[sr.step_id].set()
+                    continue
+            lifecycle.step_reset(sr)
+
+    async def _step(self, run: _Run, step: PlannedStep) -> None:
+        sr = run.steps[step.step_id]
+        if run.done[step.step_id].is_set():  # resumed: finished before the interruption
+            return
+        try:
+            for dep in step.deps:
+                await run.done[dep].wait()
+            if lifecycle.step_blocked(sr, [run.steps[d] for d in step.deps]):
+                await self._record(run, sr)
+                return
+            async with run.slots:
+                await self._attempts(run, step, sr)
+        finally:
+            run.done[step.step_id].set()
+
+    async def _attempts(self, run: _Run, step: PlannedStep, sr: StepRecord) -> None:
+        """Try a step until it succeeds, its policy says stop, or it is cancelled."""
+        lifecycle.step_started(sr)
+        await self._record(run, sr)
+        keep_as = keys.step_output_key(run.record.execution_id, step.step_id)
+        call = StepCall(
+            step.step_id,
+            step.reads,
+            step.input_mapping,
+            run.plan.caching,
+            keep_as if run.plan.keep_outputs else None,
+        )
+        args = (run.input_ref, *(run.outputs[r] for r in step.reads))
+        cancelled = functools.partial(self.store.cancelled, run.record.execution_id)
+        policy = step.policy
+        while True:
+            try:
+                outcome, ref = await self.executor.attempt(step, call, args, cancelled)
+            except Cancelled:
+                lifecycle.step_ended(sr, StepStatus.CANCELLED, time.time())
+                break
+            lifecycle.step_attempted(sr, outcome)
+            if outcome.ok:
+                run.outputs[step.step_id] = ref
+                lifecycle.step_ended(sr, StepStatus.SUCCEEDED, time.time())
+                break
+            if not should_retry(sr.attempts, policy.retries, outcome.retryable):
+                lifecycle.step_ended(sr, StepStatus.FAILED, time.time())
+                break
+            await asyncio.sleep(
+                compute_backoff(sr.attempts, base=policy.backoff_base, cap=policy.backoff_max)
+            )
+        await self._record(run, sr)
+
+    async def _record(self, run: _Run, sr: StepRecord) -> None:
+        """Save a step's change, if the plan records steps as they go."""
+        if not run.plan.record_steps:
+            return
+        async with run.saving:  # snapshots land in order, each one whole
+            snapshot = run.record.model_copy(deep=True)
+            step = next(s for s in snapshot.steps if s.step_id == sr.step_id)
+            await self.store.save(snapshot, lifecycle.step_event(snapshot, step, time.time()))
+
+    async def _result(self, run: _Run) -> Any:
+        """The sink step's output (or each sink's), with timings in its summary."""
+        sinks = run.plan.sinks
+        outputs = await self.executor.get([run.outputs[s] for s in sinks])
+        result = outputs[0] if len(sinks) == 1 else dict(zip(sinks, outputs, strict=True))
+        summary = result.get("summary") if isinstance(result, dict) else None
+        if run.plan.summary_timings and isinstance(summary, dict):
+            steps = run.record.steps
+            summary["step_times"] = {s.step_id: s.duration for s in steps}
+            started = min((s.started_at for s in steps if s.started_at), default=0.0)
+            summary["total_time"] = max(s.finished_at or 0 for s in steps) - started
+        return result
+
+
+class _Run:
+    """The state of one execution while the driver runs it."""
+
+    def __init__(self, plan: Plan, record: ExecutionRecord, input_ref: Any):
+        self.plan = plan
+        self.record = record
+        self.input_ref = input_ref
+        self.steps = {s.step_id: s for s in record.steps}
+        self.outputs: dict[str, Any] = {}
+        self.done = {s.step_id: asyncio.Event() for s in plan.steps}
+        self.slots = asyncio.Semaphore(plan.max_parallel)
+        self.saving = asyncio.Lock()
+
+
+class LocalExecutor:
+    """The in-process twin of the Ray executor: tasks are plain functions, refs are values.
+
+    ``tasks`` maps a task id to ``fn(input_document) -> output``. Inputs are
+    mapped as a replica maps them; an exception is classified as a replica
+    classifies it (so ``RetryableError`` is retried, ``FatalError`` is not).
+    """
+
+    def __init__(self, tasks: dict[str, Callable[[Any], Any]]):
+        self.tasks = tasks
+        self.calls: list[tuple[str, Any]] = []  # (step_id, input) of every attempt
+
+    def put(self, value: Any) -> Any:
+        return value
+
+    async def get(self, refs: list[Any]) -> list[Any]:
+        return list(refs)
+
+    async def attempt(
+        self, step: PlannedStep, call: StepCall, args: tuple[Any, ...], cancelled: CancelCheck
+    ) -> tuple[Outcome, Any]:
+        if await cancelled():
+            raise Cancelled(lifecycle.CANCELLED_BY_USER)
+        started = time.time()
+        try:
+            document = step_input(
+                call.input_mapping, args[0], dict(zip(call.reads, args[1:], strict=True))
+            )
+            self.calls.append((step.step_id, document))
+            output = self.tasks[step.task_id](document)
+        except Exception as e:  # noqa: BLE001 - reported as the replica reports it
+            return failure("local", started, e, retryable=classify(e), node="local"), None
+        return Outcome(True, "local", "local", started, time.time()), output

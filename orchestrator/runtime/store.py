@@ -1,0 +1,118 @@
+"""What the driver and the dispatcher record while an execution runs.
+
+:class:`RunStore` is the driver's side of it: save a record (then publish its
+event), ask whether the execution was cancelled, read a step's kept output.
+:class:`RecordsRunStore` is the dispatcher's, on the records, the object store
+and Redis; :class:`MemoryRunStore` is its in-memory twin, for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from orchestrator import keys
+from orchestrator.errors import NotFoundError
+from orchestrator.lifecycle import Event
+from orchestrator.models import ExecutionRecord
+from orchestrator.objects import ObjectStore
+from orchestrator.records import RecordStore
+
+
+class RunStore(Protocol):
+    """What the driver records and asks while it runs one execution."""
+
+    async def save(self, record: ExecutionRecord, event: Event) -> None:
+        """Write the record whole, then publish the event; the record is not kept."""
+
+    async def cancelled(self, execution_id: str) -> bool:
+        """Whether a user asked to stop the execution."""
+
+    async def kept_output(self, execution_id: str, step_id: str) -> Any | None:
+        """A step's output kept by an earlier delivery of the execution, or None."""
+
+
+class RecordsRunStore:
+    """The dispatcher's store: records, the object store for outputs, Redis for events.
+
+    The records and the object store are blocking clients: every call runs in a
+    thread, so the dispatcher's event loop never waits on them.
+    """
+
+    def __init__(
+        self, records: RecordStore, objects: ObjectStore, r: aioredis.Redis, inline_bytes: int
+    ):
+        self.records = records
+        self.objects = objects
+        self.redis = r
+        self.inline_bytes = inline_bytes
+
+    async def load(self, execution_id: str) -> ExecutionRecord | None:
+        return await asyncio.to_thread(self.records.get_execution, execution_id)
+
+    async def save(self, record: ExecutionRecord, event: Event) -> None:
+        await asyncio.to_thread(self.records.save_execution, record)
+        await self.publish(event)
+
+    async def publish(self, event: Event) -> None:
+        await self.redis.publish(keys.events(event.execution_id), event.encode())
+
+    async def cancelled(self, execution_id: str) -> bool:
+        return bool(await self.redis.exists(keys.cancel_flag(execution_id)))
+
+    async def kept_output(self, execution_id: str, step_id: str) -> Any | None:
+        key = keys.step_output_key(execution_id, step_id)
+        try:
+            data = await asyncio.to_thread(self.objects.get, keys.DATA_BUCKET, key)
+        except NotFoundError:
+            return None
+        return json.loads(data)
+
+    async def finish(self, record: ExecutionRecord, kept_outputs: bool) -> None:
+        """Write the terminal record (a large result goes to the object store first).
+
+        Once it is written nothing can resume the execution, so the outputs its
+        steps kept for that are removed.
+        """
+        await asyncio.to_thread(self._offload_result, record)
+        await asyncio.to_thread(self.records.save_execution, record)
+        if kept_outputs:
+            await asyncio.to_thread(self._forget_kept, record)
+
+    def _offload_result(self, record: ExecutionRecord) -> None:
+        if record.result is None:
+            return
+        data = json.dumps(record.result).encode()
+        if len(data) > self.inline_bytes:
+            key = keys.result_key(record.execution_id)
+            self.objects.put(keys.DATA_BUCKET, key, data)
+            record.result, record.result_ref = None, self.objects.uri(keys.DATA_BUCKET, key)
+
+    def _forget_kept(self, record: ExecutionRecord) -> None:
+        for step in record.steps:
+            self.objects.delete(
+                keys.DATA_BUCKET, keys.step_output_key(record.execution_id, step.step_id)
+            )
+
+
+class MemoryRunStore:
+    """The in-memory twin: every saved record and published event, in order."""
+
+    def __init__(self) -> None:
+        self.saved: list[ExecutionRecord] = []
+        self.events: list[Event] = []
+        self.cancel_requests: set[str] = set()
+        self.kept: dict[tuple[str, str], Any] = {}
+
+    async def save(self, record: ExecutionRecord, event: Event) -> None:
+        self.saved.append(record)
+        self.events.append(event)
+
+    async def cancelled(self, execution_id: str) -> bool:
+        return execution_id in self.cancel_requests
+
+    async def kept_output(self, execution_id: str, step_id: str) -> Any | None:
+        return self.kept.get((execution_id, step_id))

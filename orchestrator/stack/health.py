@@ -1,0 +1,88 @@
+"""`wtm health`: each part of the stack, whether it answers, and where it is."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import redis
+from pydantic import BaseModel
+
+from orchestrator import keys
+from orchestrator.errors import StackError
+from orchestrator.objects import open_objects
+from orchestrator.records import open_records
+from orchestrator.settings import Settings
+from orchestrator.stack import processes, state
+from orchestrator.stack.services import redis_ok
+from orchestrator.stack.state import StackState
+
+
+class Component(BaseModel):
+    """One line of `wtm health`."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def health(settings: Settings) -> list[Component]:
+    """Each component with whether it answers and where it is."""
+    st = state.read(settings)
+    try:
+        resolved = state.resolve(settings, st)
+    except StackError as e:
+        return [Component(name="stack", ok=False, detail=str(e))]
+    url = resolved.redis.url
+    out = [Component(name="redis", ok=redis_ok(url), detail=redact(url))]
+    out.append(
+        _check(
+            "records",
+            lambda: open_records(resolved).list_tasks(),
+            resolved.records.uri or str(resolved.home / "records.db"),
+        )
+    )
+    out.append(
+        _check(
+            "objects",
+            lambda: open_objects(resolved).list(keys.TASKS_BUCKET, "x"),
+            resolved.objects.endpoint or str(resolved.home / "objects"),
+        )
+    )
+    out += _ray(resolved, st)
+    alive = _live_dispatchers(url)
+    out.append(Component(name="dispatchers", ok=bool(alive), detail=f"{len(alive)} alive"))
+    if st:
+        ports = ", ".join(f"{k} {v}" for k, v in sorted(st.ports.items()))
+        out.append(Component(name="ports", ok=True, detail=ports))
+    return out
+
+
+def _ray(resolved: Settings, st: StackState | None) -> list[Component]:
+    address = resolved.ray.address or ""
+    ok = processes.port_open(st.gcs_port) if st and st.gcs_port else bool(address)
+    out = [Component(name="ray", ok=ok, detail=f"gcs {address}")]
+    if st and st.dashboard_url:
+        dashboard_ok = processes.http_ok(st.dashboard_url)
+        out.append(Component(name="dashboard", ok=dashboard_ok, detail=st.dashboard_url))
+    return out
+
+
+def _check(name: str, probe: Callable[[], object], detail: str) -> Component:
+    try:
+        probe()
+        return Component(name=name, ok=True, detail=detail)
+    except Exception as e:  # noqa: BLE001 - health reports, never raises
+        return Component(name=name, ok=False, detail=f"{detail}: {e}")
+
+
+def _live_dispatchers(url: str | None) -> list[str]:
+    if not redis_ok(url):
+        return []
+    r = redis.Redis.from_url(url)
+    return sorted(k.decode() for k in r.scan_iter(match=keys.dispatcher_alive("*")))
+
+
+def redact(url: str | None) -> str:
+    """A URL with its credentials hidden."""
+    return re.sub(r"//[^@/]*@", "//***@", url or "")

