@@ -121,9 +121,9 @@ class Dispatcher:
                 await self._read_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis restarting, say: back off, keep serving
+            except Exception:  # Redis restarting, say: back off a read period, keep serving
                 log.exception("read loop error")
-                await asyncio.sleep(1)
+                await asyncio.sleep(self.cfg.block_ms / 1000)
 
     async def _heartbeat(self) -> None:
         while True:

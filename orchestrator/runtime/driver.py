@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -175,9 +176,10 @@ class _Run:
 class LocalExecutor:
     """The in-process twin of the Ray executor: tasks are plain functions, refs are values.
 
-    ``tasks`` maps a task id to ``fn(input_document) -> output``. Inputs are
-    mapped as a replica maps them; an exception is classified as a replica
-    classifies it (so ``RetryableError`` is retried, ``FatalError`` is not).
+    ``tasks`` maps a task id to ``fn(input_document) -> output`` (or a coroutine
+    function). Inputs are mapped as a replica maps them; an exception is
+    classified as a replica classifies it (so ``RetryableError`` is retried,
+    ``FatalError`` is not).
     """
 
     def __init__(self, tasks: dict[str, Callable[[Any], Any]]):
@@ -202,6 +204,8 @@ class LocalExecutor:
             )
             self.calls.append((step.step_id, document))
             output = self.tasks[step.task_id](document)
+            if inspect.isawaitable(output):
+                output = await output
         except Exception as e:  # noqa: BLE001 - reported as the replica reports it
             return failure("local", started, e, retryable=classify(e), node="local"), None
         return Outcome(True, "local", "local", started, time.time()), output

@@ -147,7 +147,8 @@ class Router:
 
     async def _refresh(self, step: PlannedStep, route: Route) -> None:
         view = await self.source.replicas(step.task_id, step.version, step.package_sha256)
-        route.generation, route.handles, route.stale = view.generation, view.handles, False
+        # A copy: the router drops failed replicas from its own view, not from the source's.
+        route.generation, route.handles, route.stale = view.generation, dict(view.handles), False
         route.limit = view.max_concurrency
         route.sha256 = step.package_sha256
         route.outstanding = {name: route.outstanding.get(name, 0) for name in view.handles}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 from typer.testing import CliRunner
 
 from cli.main import app
 from tests.conftest import make_task
+from tests.helpers import wait_until
 
 runner = CliRunner()
 
@@ -22,15 +22,6 @@ def live_workers(task_id: str) -> list[dict]:
     return [w for w in rows if w["task_id"] == task_id and w["state"] != "dead"]
 
 
-def wait_for(condition, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_start_scale_status_monitor_and_stop(cli_env, client, tmp_path):
     client.register_task(
         make_task(
@@ -41,11 +32,11 @@ def test_start_scale_status_monitor_and_stop(cli_env, client, tmp_path):
     started = wtm("worker", "start", "--task", "operated", "--replicas", "1")
     assert started.exit_code == 0, started.output
     assert "wtm:operated@1.0.0#" in started.stdout
-    assert wait_for(lambda: len(live_workers("operated")) == 1)
+    wait_until(lambda: len(live_workers("operated")) == 1, what="1 live replica")
 
     scaled = wtm("worker", "scale", "operated", "2")
     assert scaled.exit_code == 0, scaled.output
-    assert wait_for(lambda: len(live_workers("operated")) == 2)
+    wait_until(lambda: len(live_workers("operated")) == 2, what="2 live replicas")
 
     shown = wtm("worker", "monitor", "--count", "1", "--interval", "0.1")
     assert shown.exit_code == 0 and "wtm:operated@1.0.0#" in shown.stdout

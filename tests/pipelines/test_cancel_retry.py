@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +11,7 @@ from cli.main import app
 from orchestrator.errors import ConflictError
 from orchestrator.models import ExecutionStatus
 from tests.conftest import make_task
+from tests.helpers import wait_until
 
 runner = CliRunner()
 
@@ -37,10 +37,7 @@ def test_cancelling_a_running_pipeline_stops_it_before_the_next_step(client, tmp
     client.register_pipelines(path)
     marker = tmp_path / "started"
     execution_id = client.submit("cancel_me", {"marker": str(marker)})
-    deadline = time.monotonic() + 30
-    while not marker.exists():  # the first step's task is running
-        assert time.monotonic() < deadline, "the first step never started"
-        time.sleep(0.05)
+    wait_until(marker.exists, what="the first step's task to start")
 
     client.cancel(execution_id)
     record = client.wait(execution_id, timeout=60)
@@ -64,14 +61,12 @@ def test_cancelling_a_job_that_waits_for_a_busy_replica_stops_it(client, tmp_pat
     )
     marker = tmp_path / "busy"
     busy = client.submit("one_lane", {"s": 2, "marker": str(marker)})
-    deadline = time.monotonic() + 30
-    while not marker.exists():  # the only replica is now busy
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(marker.exists, what="the only replica to be busy")
     waiting = client.submit("one_lane", {"s": 0})
-    while client.execution(waiting).status != "running":  # picked up, waiting for the slot
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(
+        lambda: client.execution(waiting).status == "running",
+        what="the second job to be picked up and wait for the slot",
+    )
 
     client.cancel(waiting)
 

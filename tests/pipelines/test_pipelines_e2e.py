@@ -280,3 +280,33 @@ def test_a_task_a_pipeline_uses_is_not_deleted_without_force(face_client, cli_en
     assert result.exit_code == 4, result.output
     assert "used by pipeline face_processing_pipeline" in result.stderr
     assert face_client.task("face_merge")  # still there
+
+
+def test_global_settings_defaults_apply_at_run_time_and_a_tasks_own_timeout_wins(
+    client, tmp_path
+):
+    hangs = 'import time\ntime.sleep(60)\nreturn {"never": True}'
+    slow = 'import time\ntime.sleep(3)\nreturn {"slow": True}'
+    # Neither timeout nor retries in task.json: the pipeline's defaults must reach it.
+    client.register_task(make_task(tmp_path, "sets_nothing", hangs, timeout=None, max_retries=None))
+    client.register_task(make_task(tmp_path, "sets_its_own", slow, timeout=30, max_retries=None))
+    pid = register(
+        client,
+        tmp_path,
+        {
+            "pipeline_id": "global_defaults",
+            "steps": [
+                {"task_id": "sets_nothing", "parallel_group": "g"},
+                {"task_id": "sets_its_own", "parallel_group": "g"},
+            ],
+            "global_settings": {"default_timeout": 2, "default_retry_count": 0},
+        },
+    )
+    record = client.run(pid, {}, timeout=120)
+
+    steps = {s.step_id: s for s in record.steps}
+    assert steps["sets_nothing"].status == "failed"
+    assert steps["sets_nothing"].error.type == "TaskTimeoutError"
+    assert "2s" in steps["sets_nothing"].error.message
+    assert steps["sets_nothing"].attempts == 1  # default_retry_count 0, not the system's 3
+    assert steps["sets_its_own"].status == "succeeded"  # 3 s is within its own 30 s

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from orchestrator.models import ExecutionStatus
 from orchestrator.workers import Workers, worker_status
 from tests.conftest import make_task
-
-
-def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
-    """Poll a condition until it holds (a wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.helpers import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,204 @@
+"""The driver on its own: plans run in process (LocalExecutor) into a MemoryRunStore."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from orchestrator.errors import FatalError, RetryableError
+from orchestrator.models import ExecutionRecord, ExecutionStatus, StepStatus
+from orchestrator.plan import Plan, PlannedStep
+from orchestrator.policy import StepPolicy
+from orchestrator.runtime.driver import Driver, LocalExecutor
+from orchestrator.runtime.store import MemoryRunStore
+
+NO_WAIT = StepPolicy(timeout=30, retries=0, backoff_base=0, backoff_max=0)
+
+
+def step(step_id: str, *deps: str, retries: int = 0, **extra) -> PlannedStep:
+    return PlannedStep(
+        step_id=step_id,
+        task_id=extra.pop("task_id", step_id),
+        version="1",
+        package_sha256="sha",
+        policy=NO_WAIT.model_copy(update={"retries": retries}),
+        deps=deps,
+        reads=extra.pop("reads", deps),
+        **extra,
+    )
+
+
+def pipeline(*steps: PlannedStep, **extra) -> Plan:
+    return Plan(
+        kind="pipeline",
+        target="p",
+        version="1",
+        steps=steps,
+        max_parallel=extra.pop("max_parallel", 10),
+        record_steps=True,
+        keep_outputs=True,
+        name_failed_step=True,
+        summary_timings=True,
+        **extra,
+    )
+
+
+def record(plan: Plan, execution_id: str = "E1") -> ExecutionRecord:
+    return ExecutionRecord(
+        execution_id=execution_id,
+        kind=plan.kind,
+        pipeline_id=plan.target,
+        status=ExecutionStatus.RUNNING,
+        submitted_at=0.0,
+        steps=plan.pending_steps(),
+    )
+
+
+def drive(plan: Plan, tasks: dict, document=None, rec=None, store=None):
+    store = store or MemoryRunStore()
+    executor = LocalExecutor(tasks)
+    rec = rec or record(plan)
+    verdict = asyncio.run(Driver(executor, store).run(plan, document or {}, rec))
+    return verdict, rec, store, executor
+
+
+def statuses(rec: ExecutionRecord) -> dict[str, str]:
+    return {s.step_id: s.status.value for s in rec.steps}
+
+
+def test_outputs_flow_along_dependencies_and_the_sink_is_the_result():
+    plan = pipeline(step("a"), step("b", "a", input_mapping={"n": "$.a.n", "user": "$.input.user"}))
+    verdict, rec, store, _ = drive(
+        plan,
+        {"a": lambda d: {"n": 2}, "b": lambda d: {"twice": d["n"] * 2, "by": d["user"]}},
+        {"user": "ada"},
+    )
+    assert verdict.status == ExecutionStatus.SUCCEEDED
+    assert verdict.result == {"twice": 4, "by": "ada"}
+    assert statuses(rec) == {"a": "succeeded", "b": "succeeded"}
+    # Each step's change was recorded and published in order, as whole snapshots.
+    assert [(e.step_id, e.step_status.value) for e in store.events] == [
+        ("a", "running"),
+        ("a", "succeeded"),
+        ("b", "running"),
+        ("b", "succeeded"),
+    ]
+    assert store.saved[0].steps[1].status == StepStatus.PENDING  # a snapshot, not the live record
+
+
+def test_a_task_plan_records_nothing_until_its_execution_does():
+    plan = Plan(kind="task", target="t", version="1", steps=(step("t"),))
+    verdict, rec, store, _ = drive(plan, {"t": lambda d: {"ok": True}})
+    assert verdict.result == {"ok": True} and store.saved == []
+    assert rec.steps[0].attempts == 1
+
+
+def test_a_retryable_error_is_tried_again_within_the_policy():
+    calls = []
+
+    def flaky(document):
+        calls.append(1)
+        if len(calls) < 3:
+            raise RetryableError("warming up")
+        return {"calls": len(calls)}
+
+    verdict, rec, _, _ = drive(pipeline(step("f", retries=3)), {"f": flaky})
+    assert verdict.result == {"calls": 3} and rec.steps[0].attempts == 3
+
+
+def test_retries_run_out():
+    def always(document):
+        raise RetryableError("still down")
+
+    verdict, rec, _, _ = drive(pipeline(step("f", retries=1)), {"f": always})
+    assert verdict.status == ExecutionStatus.FAILED and rec.steps[0].attempts == 2
+
+
+def test_a_fatal_error_is_not_retried_and_skips_the_dependents_naming_the_step():
+    def broken(document):
+        raise FatalError("model file corrupt")
+
+    plan = pipeline(step("a"), step("b", "a", retries=5), step("c", "b"))
+    verdict, rec, _, executor = drive(plan, {"a": lambda d: {}, "b": broken, "c": lambda d: {}})
+    assert statuses(rec) == {"a": "succeeded", "b": "failed", "c": "skipped"}
+    assert rec.steps[1].attempts == 1
+    assert verdict.error.step == "b"
+    assert verdict.error.message == "step 'b' failed: FatalError: model file corrupt"
+    assert [name for name, _ in executor.calls] == ["a", "b"]
+
+
+def test_a_cancelled_execution_starts_no_step_and_cancels_the_rest():
+    store = MemoryRunStore()
+    store.cancel_requests.add("E1")
+    plan = pipeline(step("a"), step("b", "a"))
+    verdict, rec, _, executor = drive(plan, {"a": lambda d: {}, "b": lambda d: {}}, store=store)
+    assert verdict.status == ExecutionStatus.CANCELLED
+    assert statuses(rec) == {"a": "cancelled", "b": "cancelled"}
+    assert executor.calls == []
+
+
+def test_a_claimed_execution_reuses_kept_outputs_and_reruns_interrupted_steps():
+    plan = pipeline(step("a"), step("b", "a"), step("c", "b"))
+    rec = record(plan)
+    rec.steps[0].status = StepStatus.SUCCEEDED  # kept its output
+    rec.steps[1].status = StepStatus.RUNNING  # interrupted mid-step
+    store = MemoryRunStore()
+    store.kept[("E1", "a")] = {"kept": True}
+    verdict, rec, _, executor = drive(
+        plan,
+        {"a": lambda d: {"ran": "again"}, "b": lambda d: d["a"], "c": lambda d: d["b"]},
+        rec=rec,
+        store=store,
+    )
+    assert verdict.result == {"kept": True}
+    assert [name for name, _ in executor.calls] == ["b", "c"]
+
+
+def test_a_finished_step_without_a_kept_output_runs_again():
+    plan = pipeline(step("a"), step("b", "a"))
+    rec = record(plan)
+    rec.steps[0].status = StepStatus.SUCCEEDED
+    verdict, _, _, executor = drive(plan, {"a": lambda d: {"v": 1}, "b": lambda d: d["a"]}, rec=rec)
+    assert verdict.result == {"v": 1}
+    assert [name for name, _ in executor.calls] == ["a", "b"]
+
+
+def in_flight_probe():
+    """Async task bodies that record how many of them run at once."""
+    state = {"now": 0, "most": 0}
+
+    async def body(document):
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        await asyncio.sleep(0.01)  # yield, so siblings that may run can start
+        state["now"] -= 1
+        return {}
+
+    return state, body
+
+
+@pytest.mark.parametrize(("max_parallel", "most"), [(1, 1), (10, 3)])
+def test_a_parallel_group_is_in_flight_together_within_max_parallel(max_parallel, most):
+    state, body = in_flight_probe()
+    plan = pipeline(
+        *(step(n, parallel_group="g") for n in ("x", "y", "z")), max_parallel=max_parallel
+    )
+    verdict, _, _, _ = drive(plan, {"x": body, "y": body, "z": body})
+    assert verdict.status == ExecutionStatus.SUCCEEDED
+    assert state["most"] == most
+
+
+def test_two_sinks_make_a_result_per_sink():
+    plan = pipeline(step("a"), step("b", "a"), step("c", "a"))
+    verdict, _, _, _ = drive(plan, {"a": lambda d: {}, "b": lambda d: {"b": 1}, "c": lambda d: {}})
+    assert verdict.result == {"b": {"b": 1}, "c": {}}
+
+
+def test_a_results_summary_gets_each_steps_time_and_the_total():
+    plan = pipeline(step("a"), step("merge", "a"))
+    verdict, rec, _, _ = drive(plan, {"a": lambda d: {}, "merge": lambda d: {"summary": {"n": 1}}})
+    summary = verdict.result["summary"]
+    assert summary["n"] == 1
+    assert summary["step_times"] == {s.step_id: s.duration for s in rec.steps}
+    assert summary["total_time"] >= max(summary["step_times"].values())

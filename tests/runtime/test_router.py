@@ -1,0 +1,102 @@
+"""The router on its own: least-loaded routing within max_concurrency, refreshes, reports."""
+
+from __future__ import annotations
+
+import asyncio
+
+from orchestrator.plan import PlannedStep
+from orchestrator.policy import StepPolicy
+from orchestrator.runtime.router import ReplicaView, Router
+
+POLICY = StepPolicy(timeout=30, retries=0, backoff_base=0, backoff_max=0)
+
+
+def step(sha: str = "sha1") -> PlannedStep:
+    return PlannedStep(step_id="t", task_id="t", version="1", package_sha256=sha, policy=POLICY)
+
+
+class Replicas:
+    """An in-memory replica source: a fixed set of named handles, and what it was told."""
+
+    def __init__(self, names: list[str], limit: int = 1):
+        self.view = ReplicaView(0, {n: f"handle-{n}" for n in names}, limit)
+        self.fetches: list[str | None] = []
+        self.failures: list[tuple[str, str]] = []
+        self.generations: dict[str, int] = {}
+
+    async def replicas(self, task_id, version, sha256):
+        self.fetches.append(sha256)
+        return self.view
+
+    async def report(self, consumer, demand):
+        self.demand = demand
+        return self.generations
+
+    def replica_failed(self, key, name, reason):
+        self.failures.append((name, reason))
+
+
+def router(source: Replicas) -> Router:
+    return Router(source, "test-consumer", report_s=3600, wait_s=3600)
+
+
+def test_calls_go_to_the_least_loaded_replica_and_wait_when_all_are_full():
+    async def scenario():
+        source = Replicas(["r0", "r1"], limit=1)
+        r = router(source)
+        first, second = await r.acquire(step()), await r.acquire(step())
+        assert {first[0], second[0]} == {"r0", "r1"}
+        third = asyncio.create_task(r.acquire(step()))
+        for _ in range(5):  # the loop runs the waiting call: it finds no free slot
+            await asyncio.sleep(0)
+        assert not third.done()
+        assert r.routes["t@1"].demand == 3  # waiting calls count as demand
+        r.release(step(), second[0])
+        name, _ = await asyncio.wait_for(third, 5)  # woken by the release, not a timer
+        assert name == second[0]
+        assert source.fetches == ["sha1"]  # handles were cached after the first fetch
+
+    asyncio.run(scenario())
+
+
+def test_concurrency_limit_comes_from_the_set():
+    async def scenario():
+        r = router(Replicas(["r0"], limit=3))
+        names = [(await r.acquire(step()))[0] for _ in range(3)]
+        assert names == ["r0"] * 3
+        assert r.routes["t@1"].outstanding == {"r0": 3}
+
+    asyncio.run(scenario())
+
+
+def test_new_code_or_a_failed_replica_makes_the_router_fetch_again():
+    async def scenario():
+        source = Replicas(["r0", "r1"])
+        r = router(source)
+        name, _ = await r.acquire(step())
+        r.failed(step(), name, "timeout")
+        r.release(step(), name)
+        assert source.failures == [(name, "timeout")]
+        assert name not in r.routes["t@1"].handles
+        await r.acquire(step())  # stale after the failure: fetched again
+        await r.acquire(step("sha2"))  # re-registered with --force: new replicas
+        assert source.fetches == ["sha1", "sha1", "sha2"]
+
+    asyncio.run(scenario())
+
+
+def test_a_report_marks_the_sets_that_changed_since_they_were_fetched():
+    async def scenario():
+        source = Replicas(["r0"])
+        r = router(source)
+        name, _ = await r.acquire(step())
+        await r.report()
+        assert source.demand == {"t@1": 1} and not r.routes["t@1"].stale
+        source.generations = {"t@1": 7}
+        await r.report()
+        assert r.routes["t@1"].stale
+        r.release(step(), name)
+        await r.report()
+        assert source.demand == {"t@1": 0}
+
+    asyncio.run(scenario())

@@ -1,0 +1,220 @@
+"""The dispatcher on its own: a real redis-server and SQLite records, steps run in process.
+
+Each test runs a ``Dispatcher`` on an event loop in a thread of this process,
+with the in-process executor, so what is checked is the dispatcher's own work:
+read, start, finish, acknowledge, publish, claim and dead-letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import redis
+
+from orchestrator import keys, lifecycle
+from orchestrator.dispatcher import Dispatcher
+from orchestrator.intake import Job, enqueue
+from orchestrator.lifecycle import Event
+from orchestrator.models import ExecutionRecord, ExecutionStatus, new_execution_id
+from orchestrator.plan import Plan, PlannedStep
+from orchestrator.policy import StepPolicy
+from orchestrator.records import open_records
+from orchestrator.runtime.driver import LocalExecutor
+from orchestrator.settings import Settings
+from orchestrator.stack import services
+from orchestrator.stack.state import StackState
+from tests.helpers import wait_until
+
+POLICY = StepPolicy(timeout=30, retries=0, backoff_base=0, backoff_max=0)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A redis-server of this module's own: the session's dispatchers must not see its jobs."""
+    home = tmp_path_factory.mktemp("dispatcher-redis")
+    st = StackState(home=str(home), started_at=time.time())
+    services.start_redis(Settings(home=home), st)
+    yield st.redis_url
+    services.stop(st)
+
+
+@pytest.fixture
+def settings(tmp_path, redis_url) -> Settings:
+    return Settings(
+        home=tmp_path,
+        redis={"url": redis_url},
+        dispatcher={"block_ms": 100, "claim_idle_ms": 300, "max_deliveries": 2, "concurrency": 1},
+    )
+
+
+class Running:
+    """A dispatcher serving on its own event loop in a thread of this process."""
+
+    def __init__(self, settings: Settings, tasks: dict):
+        self.executor = LocalExecutor(tasks)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.dispatcher = self._call(self._start(settings))
+
+    async def _start(self, settings: Settings) -> Dispatcher:
+        dispatcher = Dispatcher(settings, "unit", executor=self.executor)
+        await dispatcher.start()
+        return dispatcher
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def close(self) -> None:
+        self._call(self.dispatcher.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def serve(settings):
+    running: list[Running] = []
+
+    def start(tasks: dict) -> Running:
+        running.append(Running(settings, tasks))
+        return running[-1]
+
+    yield start
+    for r in running:
+        r.close()
+
+
+def prepare(settings: Settings, task_id: str, queue: str, priority: int = 5) -> Job:
+    """Record a queued one-step execution; returns its job, not yet on the stream."""
+    step = PlannedStep(
+        step_id=task_id, task_id=task_id, version="1", package_sha256="sha", policy=POLICY
+    )
+    plan = Plan(kind="task", target=task_id, version="1", steps=(step,))
+    execution = ExecutionRecord(
+        execution_id=new_execution_id(),
+        kind="task",
+        task_id=task_id,
+        queue=queue,
+        priority=priority,
+        input={"who": task_id},
+        submitted_at=time.time(),
+        steps=plan.pending_steps(),
+    )
+    open_records(settings).insert_execution(execution)
+    return Job.of(execution, plan)
+
+
+def send(settings: Settings, job: Job) -> str:
+    """Add the job to its stream; returns the entry id."""
+    r = redis.Redis.from_url(settings.redis.url)
+    enqueue(r, job)
+    return r.xrevrange(job.stream, count=1)[0][0].decode()
+
+
+def submit(settings: Settings, task_id: str, queue: str, priority: int = 5) -> tuple[str, str]:
+    """Record and enqueue a one-step execution; (execution id, entry id)."""
+    job = prepare(settings, task_id, queue, priority)
+    return job.execution_id, send(settings, job)
+
+
+def events_until_terminal(pubsub) -> list[Event]:
+    events: list[Event] = []
+
+    def terminal_seen() -> bool:
+        message = pubsub.get_message(timeout=0.1)
+        if message:
+            events.append(Event.decode(message["data"]))
+        return bool(events) and events[-1].status.terminal
+
+    wait_until(terminal_seen, what="the terminal event")
+    return events
+
+
+def status(settings: Settings, execution_id: str) -> ExecutionStatus:
+    return open_records(settings).get_execution(execution_id).status
+
+
+def pending(settings: Settings, queue: str, lane: str = "normal") -> int:
+    r = redis.Redis.from_url(settings.redis.url)
+    return r.xpending(keys.stream(queue, lane), keys.CONSUMER_GROUP)["pending"]
+
+
+def test_a_job_is_run_recorded_acknowledged_and_announced(settings, serve):
+    serve({"echo": lambda d: {"echo": d["who"]}})
+    job = prepare(settings, "echo", "q_run")
+    pubsub = redis.Redis.from_url(settings.redis.url).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.events(job.execution_id))
+    send(settings, job)
+
+    events = events_until_terminal(pubsub)
+    record = open_records(settings).get_execution(job.execution_id)
+    assert record.status == ExecutionStatus.SUCCEEDED and record.result == {"echo": "echo"}
+    assert record.queue_wait is not None and record.steps[0].attempts == 1
+    assert pending(settings, "q_run") == 0  # acknowledged
+    assert [e.status for e in events] == [ExecutionStatus.RUNNING, ExecutionStatus.SUCCEEDED]
+
+
+def test_a_job_cancelled_while_queued_is_acknowledged_without_running(settings, serve):
+    execution_id, entry = submit(settings, "never", "q_cancelled")
+    records = open_records(settings)
+    record = records.get_execution(execution_id)
+    lifecycle.cancel(record, time.time())
+    records.save_execution(record)
+    running = serve({"never": lambda d: {}})
+
+    r = redis.Redis.from_url(settings.redis.url)
+    stream = keys.stream("q_cancelled", "normal")
+
+    def delivered_and_acked() -> bool:
+        groups = r.xinfo_groups(stream)
+        return (
+            bool(groups)
+            and groups[0]["last-delivered-id"].decode() == entry
+            and not (pending(settings, "q_cancelled"))
+        )
+
+    wait_until(delivered_and_acked, what="the entry to be read and acknowledged")
+    assert running.executor.calls == []
+    assert status(settings, execution_id) == ExecutionStatus.CANCELLED
+
+
+def test_a_higher_lane_is_served_first(settings, serve):
+    low, _ = submit(settings, "low", "q_lanes", priority=2)
+    submit(settings, "high", "q_lanes", priority=9)
+    running = serve({"low": lambda d: {}, "high": lambda d: {}})  # both wait in Redis
+
+    wait_until(lambda: status(settings, low).terminal, what="both jobs to run")
+    assert [name for name, _ in running.executor.calls] == ["high", "low"]
+
+
+def ghost_takes(settings: Settings, queue: str, entry: str, deliveries: int) -> None:
+    """A consumer that reads the entry and dies without acknowledging it."""
+    r = redis.Redis.from_url(settings.redis.url)
+    stream = keys.stream(queue, "normal")
+    r.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+    r.xreadgroup(keys.CONSUMER_GROUP, "ghost", {stream: ">"}, count=1)
+    for _ in range(deliveries - 1):
+        r.xclaim(stream, keys.CONSUMER_GROUP, "ghost", 0, [entry])
+
+
+def test_an_abandoned_job_is_claimed_and_one_delivered_too_often_dead_lettered(settings, serve):
+    orphan, orphan_entry = submit(settings, "orphan", "q_orphan")
+    ghost_takes(settings, "q_orphan", orphan_entry, deliveries=1)
+    poison, poison_entry = submit(settings, "poison", "q_poison")
+    ghost_takes(settings, "q_poison", poison_entry, deliveries=2)
+    running = serve({"orphan": lambda d: {"ran": True}, "poison": lambda d: {"ran": True}})
+
+    wait_until(lambda: status(settings, orphan).terminal, what="the orphan to be claimed")
+    wait_until(lambda: status(settings, poison).terminal, what="the poison to be dead-lettered")
+    assert status(settings, orphan) == ExecutionStatus.SUCCEEDED
+    record = open_records(settings).get_execution(poison)
+    assert record.status == ExecutionStatus.DEAD_LETTERED
+    assert "delivered over 2 times" in record.error.message
+    assert [name for name, _ in running.executor.calls] == ["orphan"]  # poison never ran
+    r = redis.Redis.from_url(settings.redis.url)
+    dead = [Job.decode(fields).execution_id for _, fields in r.xrange(keys.DEAD_LETTERS)]
+    assert poison in dead
+    assert pending(settings, "q_poison") == 0 and pending(settings, "q_orphan") == 0
