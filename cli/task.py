@@ -96,9 +96,9 @@ def info(
             }
         )
         return
-    s = record.spec.model_dump()
-    tree = Tree(f"[bold]{record.task_id}[/bold] {record.version}: {s['name']}")
-    tree.add(s.get("description") or "(no description)")
+    spec = record.spec
+    tree = Tree(f"[bold]{record.task_id}[/bold] {record.version}: {spec.name}")
+    tree.add(spec.description or "(no description)")
     meta = tree.add("metadata")
     for key in (
         "author",
@@ -111,15 +111,15 @@ def info(
         "tags",
         "requirements",
     ):
-        meta.add(f"{key}: {s.get(key)}")
+        meta.add(f"{key}: {getattr(spec, key)}")
     meta.add(f"sha256: {record.sha256} ({size(record.size)})")
     meta.add(
         f"runs with: timeout {policy.timeout:g} s, {policy.retries} retries "
-        "(task.json, else worker.task_configs, else the system defaults)"
+        "(worker.task_configs, else task.json, else the system defaults)"
     )
-    for key in ("input_schema", "output_schema"):
+    for key, schema in (("input_schema", spec.input_schema), ("output_schema", spec.output_schema)):
         branch = tree.add(key)
-        for line in json.dumps(s.get(key) or {}, indent=2).splitlines():
+        for line in json.dumps(schema, indent=2).splitlines():
             branch.add(line, highlight=False)
     vbranch = tree.add("versions")
     for v in versions:

@@ -37,7 +37,7 @@ from orchestrator.models import (
 from orchestrator.objects import ObjectStore, open_objects
 from orchestrator.pipelines import registry as pipeline_registry
 from orchestrator.pipelines.graph import check_input, compile_plan
-from orchestrator.pipelines.spec import load_file
+from orchestrator.pipelinespec import load_file
 from orchestrator.plan import Plan, task_plan
 from orchestrator.records import RecordStore, open_records
 from orchestrator.runner import TaskRunner, validate_input

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator.errors import Cancelled, IllegalTransition
 from orchestrator.models import ErrorInfo, ExecutionRecord, ExecutionStatus, StepRecord, StepStatus
-from orchestrator.runtime.calls import Outcome
 
 E, S = ExecutionStatus, StepStatus
 
@@ -136,22 +135,6 @@ def judge(steps: list[StepRecord], name_failed_step: bool) -> Verdict:
 def step_started(step: StepRecord) -> None:
     """The step is about to run (its clock starts with its first call)."""
     _step_move(step, S.RUNNING)
-
-
-def step_attempted(step: StepRecord, outcome: Outcome) -> None:
-    """Note one attempt: where it ran, and its error if it failed."""
-    step.attempts += 1
-    step.started_at = step.started_at or outcome.started_at
-    step.worker_id, step.node = outcome.worker_id, outcome.node
-    step.cache_hit = outcome.cache_hit
-    step.memory_usage = outcome.memory or step.memory_usage
-    step.error = None
-    if not outcome.ok:
-        step.error = ErrorInfo(
-            type=outcome.error_type or "Error",
-            message=outcome.error_message or "",
-            step=step.step_id,
-        )
 
 
 def step_ended(step: StepRecord, status: StepStatus, now: float) -> None:

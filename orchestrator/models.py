@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-from orchestrator.pipelines.spec import PipelineSpec
+from orchestrator.pipelinespec import PipelineSpec
 from orchestrator.taskspec import TaskSpec
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

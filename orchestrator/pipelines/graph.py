@@ -16,7 +16,7 @@ from orchestrator.errors import NotFoundError, SpecError
 from orchestrator.models import TaskRecord
 from orchestrator.pipelines import jsonpath
 from orchestrator.pipelines.mapping import INPUT
-from orchestrator.pipelines.spec import InputValidation, PipelineSpec, StepSpec
+from orchestrator.pipelinespec import InputValidation, PipelineSpec, StepSpec
 from orchestrator.plan import Plan, PlannedStep
 from orchestrator.policy import Level, resolve_step_policy
 from orchestrator.settings import Settings

@@ -10,7 +10,7 @@ from orchestrator.artifacts import Registry
 from orchestrator.errors import NotFoundError
 from orchestrator.models import PipelineRecord
 from orchestrator.pipelines.graph import TaskLookup, compile_plan
-from orchestrator.pipelines.spec import PipelineSpec, load_file
+from orchestrator.pipelinespec import PipelineSpec, load_file
 from orchestrator.plan import Plan
 from orchestrator.settings import Settings
 

@@ -27,7 +27,13 @@ from typing import Any, Protocol
 from orchestrator import keys, lifecycle
 from orchestrator.errors import Cancelled
 from orchestrator.lifecycle import Verdict
-from orchestrator.models import ExecutionRecord, ExecutionStatus, StepRecord, StepStatus
+from orchestrator.models import (
+    ErrorInfo,
+    ExecutionRecord,
+    ExecutionStatus,
+    StepRecord,
+    StepStatus,
+)
 from orchestrator.pipelines.mapping import step_input
 from orchestrator.plan import Plan, PlannedStep
 from orchestrator.policy import classify, compute_backoff, should_retry
@@ -123,7 +129,7 @@ class Driver:
             except Cancelled:
                 lifecycle.step_ended(sr, StepStatus.CANCELLED, time.time())
                 break
-            lifecycle.step_attempted(sr, outcome)
+            _note_attempt(sr, outcome)
             if outcome.ok:
                 run.outputs[step.step_id] = ref
                 lifecycle.step_ended(sr, StepStatus.SUCCEEDED, time.time())
@@ -157,6 +163,22 @@ class Driver:
             started = min((s.started_at for s in steps if s.started_at), default=0.0)
             summary["total_time"] = max(s.finished_at or 0 for s in steps) - started
         return result
+
+
+def _note_attempt(step: StepRecord, outcome: Outcome) -> None:
+    """Record one attempt on its step: where it ran, and its error if it failed."""
+    step.attempts += 1
+    step.started_at = step.started_at or outcome.started_at  # from the first call
+    step.worker_id, step.node = outcome.worker_id, outcome.node
+    step.cache_hit = outcome.cache_hit
+    step.memory_usage = outcome.memory or step.memory_usage
+    step.error = None
+    if not outcome.ok:
+        step.error = ErrorInfo(
+            type=outcome.error_type or "Error",
+            message=outcome.error_message or "",
+            step=step.step_id,
+        )
 
 
 class _Run:

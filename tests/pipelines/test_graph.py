@@ -11,7 +11,7 @@ from orchestrator.models import TaskRecord
 from orchestrator.pipelines import jsonpath
 from orchestrator.pipelines.graph import check_input, compile_plan
 from orchestrator.pipelines.mapping import step_input
-from orchestrator.pipelines.spec import load_file, parse_document
+from orchestrator.pipelinespec import load_file, parse_document
 from orchestrator.settings import Settings
 from orchestrator.taskspec import TaskSpec
 from tests.conftest import ROOT

@@ -282,9 +282,7 @@ def test_a_task_a_pipeline_uses_is_not_deleted_without_force(face_client, cli_en
     assert face_client.task("face_merge")  # still there
 
 
-def test_global_settings_defaults_apply_at_run_time_and_a_tasks_own_timeout_wins(
-    client, tmp_path
-):
+def test_global_settings_defaults_apply_at_run_time_and_a_tasks_own_timeout_wins(client, tmp_path):
     hangs = 'import time\ntime.sleep(60)\nreturn {"never": True}'
     slow = 'import time\ntime.sleep(3)\nreturn {"slow": True}'
     # Neither timeout nor retries in task.json: the pipeline's defaults must reach it.
