@@ -26,6 +26,7 @@ from orchestrator.errors import StackError
 from orchestrator.settings import Settings
 
 CHILD_TIMEOUT_S = 180.0
+_RESULT = "wtm-cluster-result: "  # marks the child's answer among whatever Ray prints
 
 
 def connect(settings: Settings) -> None:
@@ -88,7 +89,10 @@ def _in_child(verb: str, settings: Settings) -> str:
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
         raise StackError(f"{verb} on the Ray cluster at {settings.ray.address} failed: {lines[-1]}")
-    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    answers = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
+    if not answers:
+        raise StackError(f"{verb} on the Ray cluster at {settings.ray.address} gave no answer")
+    return answers[-1].removeprefix(_RESULT)
 
 
 def _deploy_here(settings: Settings) -> list[str]:
@@ -123,7 +127,7 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - the parent shows the last line
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(result))
+    print(_RESULT + json.dumps(result))
     return 0
 
 

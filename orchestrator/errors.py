@@ -82,6 +82,10 @@ class ValidationError(FatalError):
     exit_code = 2
 
 
+class PathNotFound(FatalError):
+    """Raised when a mapping's JSONPath names a field or index its document does not have."""
+
+
 class TaskTimeoutError(RetryableError):
     """Raised when a call runs past its task's timeout (its replica is killed)."""
 

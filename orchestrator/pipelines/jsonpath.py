@@ -17,11 +17,7 @@ from jsonpath_ng import jsonpath as ast
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext import parse as _parse
 
-from orchestrator.errors import SpecError
-
-
-class Missing(LookupError):
-    """Raised when a singular path reads a field or index the document does not have."""
+from orchestrator.errors import PathNotFound, SpecError
 
 
 @dataclass(frozen=True)
@@ -57,12 +53,12 @@ def parse(text: str) -> Path:
 
 
 def read(path: Path, document: Any) -> Any:
-    """The value a singular path names (Missing if absent), or every match of any other."""
+    """The value a singular path names (PathNotFound if absent), or every match of any other."""
     matches = [m.value for m in path.expr.find(document)]
     if not path.singular:
         return matches
     if not matches:
-        raise Missing(f"nothing at {path.text}")
+        raise PathNotFound(f"nothing at {path.text}")
     return matches[0]
 
 

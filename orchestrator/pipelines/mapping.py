@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.errors import FatalError
+from orchestrator.errors import FatalError, PathNotFound
 from orchestrator.pipelines import jsonpath
 
 #: ``$.input...`` always reads the pipeline input, whatever the steps are called.
@@ -35,7 +35,7 @@ def step_input(
         path = jsonpath.parse(text)
         try:
             out[field] = jsonpath.read(path, scope)
-        except jsonpath.Missing as e:
+        except PathNotFound as e:
             if path.head in upstream:
                 raise FatalError(f"mapping {field!r} = {text!r}: {e}") from e
     return out

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator.errors import FatalError, NotFoundError, SpecError
+from orchestrator.errors import FatalError, NotFoundError, PathNotFound, SpecError
 from orchestrator.models import TaskRecord
 from orchestrator.pipelines import jsonpath
 from orchestrator.pipelines.graph import check_input, compile_plan
@@ -188,7 +188,7 @@ def test_jsonpath_indexes_wildcards_slices_filters_and_recursive_descent():
     assert read("$.faces[0:1].bbox") == [[1, 2]]
     assert read("$.faces[?(@.s > 0.5)].bbox") == [[3, 4]]
     assert read("$..k") == [1]
-    with pytest.raises(jsonpath.Missing):
+    with pytest.raises(PathNotFound):
         read("$.faces[5]")
 
 
