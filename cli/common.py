@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from orchestrator import Client, stack
 from orchestrator.errors import OrchestratorError
-from orchestrator.models import ExecutionRecord
+from orchestrator.models import ExecutionRecord, ExecutionStatus, StepStatus
 from orchestrator.settings import Settings, load_settings
 from orchestrator.workers import Workers
 
@@ -103,16 +103,20 @@ def size(n: int | None) -> str:
     return f"{n:.1f} TiB"
 
 
-def status_style(status: str) -> str:
-    colour = {
-        "succeeded": "green",
-        "failed": "red",
-        "running": "yellow",
-        "queued": "cyan",
-        "dead_lettered": "magenta",
-        "cancelled": "dim",
-    }
-    return f"[{colour.get(status, 'white')}]{status}[/]"
+_COLOURS = {
+    ExecutionStatus.SUCCEEDED: "green",
+    ExecutionStatus.FAILED: "red",
+    ExecutionStatus.RUNNING: "yellow",
+    ExecutionStatus.QUEUED: "cyan",
+    ExecutionStatus.DEAD_LETTERED: "magenta",
+    ExecutionStatus.CANCELLED: "dim",
+    StepStatus.SKIPPED: "dim",
+}
+
+
+def status_style(status: ExecutionStatus | StepStatus) -> str:
+    """A status in its colour (step states share the execution states' colours)."""
+    return f"[{_COLOURS.get(status, 'white')}]{status.value}[/]"
 
 
 def render_result(result: Any, title: str = "Result") -> None:
@@ -162,7 +166,7 @@ def show_record(record: ExecutionRecord, as_json: bool) -> None:
         print_json(record)
         return
     console.print(
-        f"{record.execution_id} {record.target} {status_style(record.status.value)} "
+        f"{record.execution_id} {record.target} {status_style(record.status)} "
         f"attempts {record.attempts} worker {record.worker_id or '-'} "
         f"queue wait {seconds(record.queue_wait)} run {seconds(record.duration)}"
     )
@@ -195,7 +199,7 @@ def steps_table(record: ExecutionRecord) -> Table:
         table.add_row(
             s.step_id,
             s.task_id,
-            status_style(s.status.value),
+            status_style(s.status),
             str(s.attempts),
             offset,
             seconds(s.duration),

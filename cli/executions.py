@@ -16,6 +16,7 @@ from cli.common import (
     steps_table,
     when,
 )
+from orchestrator.models import ExecutionStatus
 
 app = typer.Typer(help="Execution history.", no_args_is_help=True)
 
@@ -50,7 +51,7 @@ def list_(
         table.add_row(
             r.execution_id,
             r.target,
-            status_style(r.status.value),
+            status_style(r.status),
             when(r.submitted_at),
             seconds(r.queue_wait),
             seconds(r.duration),
@@ -80,7 +81,7 @@ def show(
 def cancel(ctx: typer.Context, execution_id: str) -> None:
     """Cancel a queued execution, or a running pipeline before its next step."""
     record = state(ctx).client.cancel(execution_id)
-    if record.status.value == "cancelled":
+    if record.status == ExecutionStatus.CANCELLED:
         console.print(f"{execution_id} cancelled")
     else:
         console.print(f"{execution_id} is running: no further step will start")

@@ -17,10 +17,10 @@ import redis
 from orchestrator import artifacts, keys, lifecycle, packages, stack
 from orchestrator.errors import (
     ConflictError,
+    EnqueueError,
     ExecutionFailed,
     InputError,
     NotFoundError,
-    StackError,
 )
 from orchestrator.inputs import resolve_paths, shape_input, upload_files
 from orchestrator.intake import Job, enqueue
@@ -38,7 +38,7 @@ from orchestrator.objects import ObjectStore, open_objects
 from orchestrator.pipelines import registry as pipeline_registry
 from orchestrator.pipelines.graph import check_input, compile_plan
 from orchestrator.pipelinespec import load_file
-from orchestrator.plan import Plan, task_plan
+from orchestrator.plan import Plan, task_plan, task_queue
 from orchestrator.records import RecordStore, open_records
 from orchestrator.runner import TaskRunner, validate_input
 from orchestrator.settings import Settings, load_settings
@@ -138,7 +138,7 @@ class Client:
         """Run a registered task in this process, without the cluster."""
         record = self.task(task_id, version)
         document = self._task_input(record, input_data, cwd, upload=False)
-        runner = TaskRunner.load(record, self.objects, self.settings.home / "cache" / "packages")
+        runner = TaskRunner.load(record, self.objects, self.settings.package_cache)
         try:
             return runner(document)
         finally:
@@ -309,15 +309,14 @@ class Client:
         self, record: TaskRecord, input_data: Any, priority: int | None, cwd: Path | None
     ) -> tuple[ExecutionRecord, Plan]:
         plan = task_plan(record, self.settings)
-        # The seed's worker.task_configs may move a task to another queue or priority.
-        override = self.settings.worker.task_configs.get(record.task_id)
+        queue, priority = task_queue(record, self.settings, priority)
         execution = ExecutionRecord(
             execution_id=new_execution_id(),
             kind="task",
             task_id=record.task_id,
             version=record.version,
-            priority=priority or (override and override.priority) or record.spec.priority,
-            queue=(override and override.queue) or record.spec.queue,
+            priority=priority,
+            queue=queue,
             input=self._task_input(record, input_data, cwd),
             submitted_at=time.time(),
             steps=plan.pending_steps(),
@@ -339,8 +338,8 @@ class Client:
             kind="pipeline",
             pipeline_id=spec.pipeline_id,
             version=record.version,
-            priority=priority or int(spec.metadata.get("priority", 5)),
-            queue=str(spec.metadata.get("queue", "pipelines")),
+            priority=priority or spec.priority,
+            queue=spec.queue,
             input=upload_files(document, self.objects),
             submitted_at=time.time(),
             steps=plan.pending_steps(),
@@ -355,10 +354,11 @@ class Client:
         try:
             enqueue(r, Job.of(execution, plan))
         except redis.RedisError as e:
-            error = ErrorInfo(type="EnqueueError", message=str(e))
+            failed = EnqueueError(f"could not enqueue on Redis: {e}")
+            error = ErrorInfo(type=type(failed).__name__, message=str(failed))
             lifecycle.fail(execution, error, time.time())
             self.records.save_execution(execution)
-            raise StackError(f"could not enqueue on Redis: {e}") from e
+            raise failed from e
 
     def _subscribe(self, execution_id: str):
         pubsub = self._queue().pubsub(ignore_subscribe_messages=True)

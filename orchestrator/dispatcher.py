@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -133,7 +134,8 @@ class Dispatcher:
 
     async def _beat(self) -> None:
         alive = keys.dispatcher_alive(self.consumer)
-        await self.redis.set(alive, time.time(), ex=int(self.cfg.heartbeat_s * 3))
+        ttl = max(1, math.ceil(self.cfg.heartbeat_s * 3))  # alive for three beats
+        await self.redis.set(alive, time.time(), ex=ttl)
 
     async def _maintain(self) -> None:
         """Keep our in-flight entries fresh and claim ones abandoned by the dead."""

@@ -56,6 +56,10 @@ class StackError(OrchestratorError):
     """Raised when the embedded stack cannot start, stop or be reached."""
 
 
+class EnqueueError(StackError):
+    """Raised when a recorded execution could not be added to its stream (Redis failed)."""
+
+
 class ReplicaUnavailable(OrchestratorError):
     """Raised when no replica of a task could start (it cannot be placed, or failed to load)."""
 
@@ -92,6 +96,10 @@ class TaskTimeoutError(RetryableError):
 
 class Cancelled(OrchestratorError):
     """Raised where a cancelled execution would start a step; its type is recorded as the error."""
+
+
+class DeadLettered(OrchestratorError):
+    """Recorded as the error of a job that kept failing delivery and went to dead letters."""
 
 
 class ExecutionFailed(OrchestratorError):

@@ -26,8 +26,8 @@ class Job(BaseModel):
     kind: Literal["task", "pipeline"]
     target: str
     version: str | None = None
-    queue: str = "default"
-    priority: int = 5
+    queue: str
+    priority: int
     submitted_at: float
     input: Any = None
     plan: Plan

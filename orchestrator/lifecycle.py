@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from orchestrator.errors import Cancelled, IllegalTransition
+from orchestrator.errors import Cancelled, DeadLettered, IllegalTransition, OrchestratorError
 from orchestrator.models import ErrorInfo, ExecutionRecord, ExecutionStatus, StepRecord, StepStatus
 
 E, S = ExecutionStatus, StepStatus
@@ -112,7 +112,8 @@ def fail(record: ExecutionRecord, error: ErrorInfo, now: float) -> Event:
 
 def dead_letter(record: ExecutionRecord, reason: str, now: float) -> Event:
     """The job kept failing delivery and was moved to the dead-letter stream."""
-    return _end(record, E.DEAD_LETTERED, ErrorInfo(type="DeadLettered", message=reason), now)
+    error = ErrorInfo(type=DeadLettered.__name__, message=reason)
+    return _end(record, E.DEAD_LETTERED, error, now)
 
 
 def judge(steps: list[StepRecord], name_failed_step: bool) -> Verdict:
@@ -124,7 +125,9 @@ def judge(steps: list[StepRecord], name_failed_step: bool) -> Verdict:
     )
     if bad is None:
         return Verdict(E.SUCCEEDED)
-    error = bad.error or ErrorInfo(type="Error", message=f"step ended {bad.status.value}")
+    error = bad.error or ErrorInfo(
+        type=OrchestratorError.__name__, message=f"step ended {bad.status.value}"
+    )
     message = error.message
     if name_failed_step:
         message = f"step {bad.step_id!r} failed: {error.type}: {error.message}"

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, computed_field
 
 from orchestrator.pipelinespec import PipelineSpec
-from orchestrator.taskspec import TaskSpec
+from orchestrator.taskspec import DEFAULT_PRIORITY, DEFAULT_QUEUE, TaskSpec
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -103,8 +103,8 @@ class ExecutionRecord(BaseModel):
     pipeline_id: str | None = None
     version: str | None = None
     status: ExecutionStatus = ExecutionStatus.QUEUED
-    priority: int = 5
-    queue: str = "default"
+    priority: int = DEFAULT_PRIORITY
+    queue: str = DEFAULT_QUEUE
     input: Any = None
     submitted_at: float
     started_at: float | None = None

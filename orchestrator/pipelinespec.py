@@ -15,9 +15,10 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import NotFoundError, SpecError
-from orchestrator.taskspec import ID_PATTERN, describe
+from orchestrator.taskspec import DEFAULT_PRIORITY, ID_PATTERN, describe
 
 _STRICT = ConfigDict(extra="forbid")
+PIPELINE_QUEUE = "pipelines"  # pipelines wait apart from tasks unless metadata says
 
 
 class StepSpec(BaseModel):
@@ -80,6 +81,16 @@ class PipelineSpec(BaseModel):
     @property
     def version(self) -> str:
         return str(self.metadata.get("version", "1.0.0"))
+
+    @property
+    def queue(self) -> str:
+        """The queue its executions wait in (``metadata.queue``)."""
+        return str(self.metadata.get("queue", PIPELINE_QUEUE))
+
+    @property
+    def priority(self) -> int:
+        """Its executions' default priority (``metadata.priority``)."""
+        return int(self.metadata.get("priority", DEFAULT_PRIORITY))
 
 
 def parse_document(data: Any, source: str) -> list[PipelineSpec]:

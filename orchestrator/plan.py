@@ -69,17 +69,37 @@ class Plan(BaseModel):
 
 def task_plan(record: TaskRecord, settings: Settings) -> Plan:
     """A task run: one step, its policy from the operator's overrides, the task, the defaults."""
-    override = settings.worker.task_configs.get(record.task_id)
-    policy = resolve_step_policy(
-        settings.steps,
-        override=Level(override.timeout, override.max_retries) if override else Level(),
-        task=Level(record.spec.timeout, record.spec.max_retries),
-    )
     step = PlannedStep(
         step_id=record.task_id,
         task_id=record.task_id,
         version=record.version,
         package_sha256=record.sha256,
-        policy=policy,
+        policy=step_policy(record, settings),
     )
     return Plan(kind="task", target=record.task_id, version=record.version, steps=(step,))
+
+
+def step_policy(
+    record: TaskRecord, settings: Settings, step: Level = Level(), pipeline: Level = Level()
+) -> StepPolicy:
+    """The policy of a step running this task: every level, from settings and the task."""
+    override = settings.worker.overrides(record.task_id)
+    return resolve_step_policy(
+        settings.steps,
+        step=step,
+        override=Level(override.timeout, override.max_retries),
+        task=Level(record.spec.timeout, record.spec.max_retries),
+        pipeline=pipeline,
+    )
+
+
+def task_queue(record: TaskRecord, settings: Settings, priority: int | None) -> tuple[str, int]:
+    """Where a task's execution waits: (queue, priority).
+
+    The caller's priority, else the operator's ``worker.task_configs``, else ``task.json``.
+    """
+    override = settings.worker.overrides(record.task_id)
+    return (
+        override.queue or record.spec.queue,
+        priority or override.priority or record.spec.priority,
+    )

@@ -92,6 +92,11 @@ def classify(exc: BaseException) -> bool:
     return not isinstance(exc, OrchestratorError)
 
 
+def replicas_for(demand: int, per_replica: int) -> int:
+    """Replicas that ``demand`` calls (waiting or running) fill, ``per_replica`` at a time."""
+    return -(-demand // per_replica) if demand > 0 else 0
+
+
 def desired_replicas(
     *,
     current: int,
@@ -112,8 +117,7 @@ def desired_replicas(
     """
     if pinned is not None:
         return pinned
-    want = -(-demand // per_replica) if demand > 0 else 0
-    want = max(low, min(high, want))
+    want = max(low, min(high, replicas_for(demand, per_replica)))
     if want < current and idle_for < idle_timeout:
         return current
     return want

@@ -115,6 +115,10 @@ class WorkerSettings(BaseModel):
     active_tasks: list[str] = Field(default_factory=list)
     task_configs: dict[str, TaskOverrides] = Field(default_factory=dict)
 
+    def overrides(self, task_id: str) -> TaskOverrides:
+        """The operator's overrides of one task (none set: every field None)."""
+        return self.task_configs.get(task_id) or TaskOverrides()
+
 
 class Settings(BaseSettings):
     """Everything configurable, grouped by the system it configures."""
@@ -153,6 +157,20 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when any part runs on the embedded stack."""
         return self.redis.url is None or self.ray.address is None
+
+    # The embedded stores' places under the home, named once.
+    @property
+    def records_file(self) -> Path:
+        return self.home / "records.db"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.home / "objects"
+
+    @property
+    def package_cache(self) -> Path:
+        """Where replicas and `task test` extract packages, one folder per sha256."""
+        return self.home / "cache" / "packages"
 
 
 class SeedConfigSource(PydanticBaseSettingsSource):

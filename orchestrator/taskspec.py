@@ -14,6 +14,8 @@ from orchestrator.errors import SpecError
 
 _STRICT = ConfigDict(extra="forbid")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 5  # the seed's scale: 1 (low) to 10 (high)
 
 
 class Resources(BaseModel):
@@ -56,8 +58,8 @@ class TaskSpec(BaseModel):
     category: str = "general"
     requirements: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
-    queue: str = Field(default="default", pattern=ID_PATTERN)
-    priority: int = Field(default=5, ge=1, le=10)
+    queue: str = Field(default=DEFAULT_QUEUE, pattern=ID_PATTERN)
+    priority: int = Field(default=DEFAULT_PRIORITY, ge=1, le=10)
     # Unset stays None all the way to the plan: a pipeline's global_settings or the
     # system defaults fill it in there (orchestrator.policy.resolve_step_policy).
     timeout: float | None = Field(default=None, gt=0)

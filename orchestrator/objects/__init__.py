@@ -41,4 +41,4 @@ def open_objects(settings: Settings) -> ObjectStore:
         return MinioObjectStore.from_settings(settings.objects)
     from orchestrator.objects.local import LocalObjectStore
 
-    return LocalObjectStore(settings.home / "objects")
+    return LocalObjectStore(settings.objects_dir)

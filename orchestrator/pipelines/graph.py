@@ -13,12 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.errors import NotFoundError, SpecError
+from orchestrator.inputs import is_path_field
 from orchestrator.models import TaskRecord
 from orchestrator.pipelines import jsonpath
 from orchestrator.pipelines.mapping import INPUT
 from orchestrator.pipelinespec import InputValidation, PipelineSpec, StepSpec
-from orchestrator.plan import Plan, PlannedStep
-from orchestrator.policy import Level, resolve_step_policy
+from orchestrator.plan import Plan, PlannedStep, step_policy
+from orchestrator.policy import Level
 from orchestrator.settings import Settings
 
 TaskLookup = Callable[[str, str | None], TaskRecord | None]
@@ -43,12 +44,10 @@ def compile_plan(spec: PipelineSpec, tasks: TaskLookup, settings: Settings) -> P
     planned = []
     for step_id in order:
         s, record = steps[step_id], records[step_id]
-        override = settings.worker.task_configs.get(s.task_id)
-        policy = resolve_step_policy(
-            settings.steps,
+        policy = step_policy(
+            record,
+            settings,
             step=Level(s.timeout, s.retry_count),
-            override=Level(override.timeout, override.max_retries) if override else Level(),
-            task=Level(record.spec.timeout, record.spec.max_retries),
             pipeline=Level(g.default_timeout, g.default_retry_count),
         )
         planned.append(
@@ -99,7 +98,7 @@ def check_input(spec: InputValidation | None, document: Any, where: str) -> None
     if "jpg" in formats:
         formats.add("jpeg")
     for name, value in document.items():
-        if formats and name.endswith("_path") and isinstance(value, str):
+        if formats and is_path_field(name) and isinstance(value, str):
             ext = value.rsplit(".", 1)[-1].lower() if "." in value else ""
             if ext not in formats:
                 allowed = ", ".join(spec.supported_formats)

@@ -80,5 +80,5 @@ def open_records(settings: Settings) -> RecordStore:
         return MongoRecordStore.from_uri(uri, settings.records.database)
     from orchestrator.records.sqlite import SqliteRecordStore
 
-    path = uri.removeprefix("sqlite:///") if uri else settings.home / "records.db"
+    path = uri.removeprefix("sqlite:///") if uri else settings.records_file
     return SqliteRecordStore(path)

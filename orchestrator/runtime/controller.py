@@ -21,7 +21,7 @@ import ray
 from orchestrator import keys
 from orchestrator.errors import NotFoundError, ReplicaUnavailable
 from orchestrator.models import TaskRecord, WorkerState
-from orchestrator.policy import desired_replicas
+from orchestrator.policy import desired_replicas, replicas_for
 from orchestrator.records import open_records
 from orchestrator.runtime.replica import Replica
 from orchestrator.runtime.router import ReplicaView
@@ -215,7 +215,7 @@ class Controller:
         current = len(rs.ready) + len(rs.starting)
         demand = self._demand(rs.key)
         per_replica = rs.spec.replicas.max_concurrency
-        if -(-demand // per_replica) >= len(rs.ready):
+        if replicas_for(demand, per_replica) >= len(rs.ready):  # every ready replica is needed
             rs.last_needed = now
         target = desired_replicas(
             current=current,

@@ -57,7 +57,7 @@ class Replica:
         self._objects = open_objects(settings)
         self.runner: TaskRunner | None = None
         self.load_error: Exception | None = None
-        cache = settings.home / "cache" / "packages"
+        cache = settings.package_cache
         self._batcher: Batcher | None = None
         try:
             self.runner = TaskRunner.load(record, self._objects, cache)
@@ -109,10 +109,12 @@ class Replica:
             return self._failed(started, e, retryable=False), None
         key = self._cache_key(document) if step.cache else None
         if key and self._objects.exists(keys.DATA_BUCKET, key):
-            cached = json.loads(self._objects.get(keys.DATA_BUCKET, key))
-            return Outcome(
-                True, self.worker_id, self.node, started, time.time(), cache_hit=True
-            ), cached
+            data = self._objects.get(keys.DATA_BUCKET, key)
+            if step.keep_as:  # a hit is a finished step too: a claimed job resumes after it
+                self._objects.put(keys.DATA_BUCKET, step.keep_as, data)
+            outcome = Outcome(True, self.worker_id, self.node, started, time.time())
+            outcome.cache_hit = True
+            return outcome, json.loads(data)
         outcome = self.call(document)
         result, outcome.result = outcome.result, None
         if outcome.ok and (key or step.keep_as):

@@ -39,14 +39,14 @@ def health(settings: Settings) -> list[Component]:
         _check(
             "records",
             lambda: open_records(resolved).list_tasks(),
-            resolved.records.uri or str(resolved.home / "records.db"),
+            redact(resolved.records.uri) or str(resolved.records_file),
         )
     )
     out.append(
         _check(
             "objects",
             lambda: open_objects(resolved).list(keys.TASKS_BUCKET, "x"),
-            resolved.objects.endpoint or str(resolved.home / "objects"),
+            resolved.objects.endpoint or str(resolved.objects_dir),
         )
     )
     out += _ray(resolved, st)
@@ -84,5 +84,5 @@ def _live_dispatchers(url: str | None) -> list[str]:
 
 
 def redact(url: str | None) -> str:
-    """A URL with its credentials hidden."""
+    """A URL with its credentials hidden ('' for none)."""
     return re.sub(r"//[^@/]*@", "//***@", url or "")
