@@ -27,6 +27,7 @@ from orchestrator.settings import Settings
 
 CHILD_TIMEOUT_S = 180.0
 _RESULT = "wtm-cluster-result: "  # marks the child's answer among whatever Ray prints
+_ERROR = "wtm-cluster-error: "
 
 
 def connect(settings: Settings) -> None:
@@ -87,8 +88,10 @@ def _in_child(verb: str, settings: Settings) -> str:
     except subprocess.TimeoutExpired as e:
         raise StackError(f"{verb} on the Ray cluster took over {CHILD_TIMEOUT_S:g}s") from e
     if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
-        raise StackError(f"{verb} on the Ray cluster at {settings.ray.address} failed: {lines[-1]}")
+        marked = [line for line in done.stderr.splitlines() if line.startswith(_ERROR)]
+        lines = marked or (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        reason = lines[-1].removeprefix(_ERROR)
+        raise StackError(f"{verb} on the Ray cluster at {settings.ray.address} failed: {reason}")
     answers = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
     if not answers:
         raise StackError(f"{verb} on the Ray cluster at {settings.ray.address} gave no answer")
@@ -125,7 +128,7 @@ def main(argv: list[str]) -> int:
         connect(settings)
         result = _deploy_here(settings) if verb == "deploy" else _remove_here(settings)
     except Exception as e:  # noqa: BLE001 - the parent shows the last line
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{_ERROR}{type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(_RESULT + json.dumps(result))
     return 0

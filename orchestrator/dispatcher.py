@@ -209,7 +209,11 @@ class Dispatcher:
     async def _handle(self, entry: Entry) -> None:
         """run the job → ack its entry → publish how it ended."""
         try:
-            event = await self._run(Job.decode(entry.fields))
+            job = _decode(entry)
+            if job is None:  # it will never read better: out of the way at once
+                await self._dead_letter(entry, "the job message cannot be read")
+                return
+            event = await self._run(job)
             await self.redis.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
             if event is not None:
                 await self.store.publish(event)
@@ -253,7 +257,8 @@ class Dispatcher:
                     continue
                 entry = Entry(stream, _text(entry_id), fields)
                 if await self._deliveries(entry) > self.cfg.max_deliveries:
-                    await self._dead_letter(entry)
+                    reason = f"delivered over {self.cfg.max_deliveries} times without finishing"
+                    await self._dead_letter(entry, reason)
                     continue
                 await self._slots.acquire()
                 self._spawn(entry)
@@ -264,15 +269,16 @@ class Dispatcher:
         )
         return pending[0]["times_delivered"] if pending else 0
 
-    async def _dead_letter(self, entry: Entry) -> None:
-        job = Job.decode(entry.fields)
-        record = await self.store.load(job.execution_id)
+    async def _dead_letter(self, entry: Entry, reason: str) -> None:
+        """Move an entry to the dead-letter stream, its execution (if readable) recorded so."""
+        job = _decode(entry)
+        record = await self.store.load(job.execution_id) if job else None
         event = None
-        if record is not None and not record.status.terminal:
-            reason = f"delivered over {self.cfg.max_deliveries} times without finishing"
+        if job is not None and record is not None and not record.status.terminal:
             event = lifecycle.dead_letter(record, reason, time.time())
             await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
-        await self.redis.xadd(keys.DEAD_LETTERS, {**entry.fields, "stream": entry.stream})
+        fields = {**entry.fields, "stream": entry.stream, "reason": reason}
+        await self.redis.xadd(keys.DEAD_LETTERS, fields)
         await self.redis.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
         if event is not None:
             await self.store.publish(event)
@@ -280,6 +286,15 @@ class Dispatcher:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(entry: Entry) -> Job | None:
+    """The entry's job, or None if it cannot be read (corrupt, or written by another version)."""
+    try:
+        return Job.decode(entry.fields)
+    except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+        log.error("entry %s of %s cannot be read as a job", entry.entry_id, entry.stream)
+        return None
 
 
 def deploy(settings: Settings) -> list[str]:

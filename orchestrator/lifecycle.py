@@ -34,7 +34,7 @@ _EXECUTION_MOVES: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
 _STEP_MOVES: dict[StepStatus, frozenset[StepStatus]] = {
     S.PENDING: frozenset({S.RUNNING, S.SKIPPED, S.CANCELLED}),
     # running -> pending: a claimed job's interrupted step runs again
-    S.RUNNING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PENDING}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PENDING}),
     # A claimed execution runs again any step whose output it cannot reuse.
     **{done: frozenset({S.PENDING}) for done in (S.SUCCEEDED, S.FAILED, S.SKIPPED, S.CANCELLED)},
 }
@@ -176,7 +176,14 @@ def step_event(record: ExecutionRecord, step: StepRecord, now: float) -> Event:
 
 # moves -------------------------------------------------------------------------
 def _end(record: ExecutionRecord, status: ExecutionStatus, error: ErrorInfo, now: float) -> Event:
+    """End an execution the driver did not finish; no step is left open."""
     _move(record, status)
+    for step in record.steps:
+        if step.status == S.PENDING:
+            _step_move(step, S.SKIPPED)
+        elif step.status == S.RUNNING:
+            step_ended(step, S.FAILED, now)
+            step.error = step.error or error
     record.finished_at = now
     record.duration = now - record.started_at if record.started_at else None
     record.error, record.result = error, None

@@ -53,8 +53,8 @@ def settings(tmp_path, redis_url) -> Settings:
 class Running:
     """A dispatcher serving on its own event loop in a thread of this process."""
 
-    def __init__(self, settings: Settings, tasks: dict):
-        self.executor = LocalExecutor(tasks)
+    def __init__(self, settings: Settings, tasks: dict, executor: LocalExecutor | None = None):
+        self.executor = executor or LocalExecutor(tasks)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -181,9 +181,11 @@ def test_a_job_cancelled_while_queued_is_acknowledged_without_running(settings, 
     assert status(settings, execution_id) == ExecutionStatus.CANCELLED
 
 
-def test_a_higher_lane_is_served_first(settings, serve):
-    low, _ = submit(settings, "low", "q_lanes", priority=2)
-    submit(settings, "high", "q_lanes", priority=9)
+def test_a_higher_lane_is_served_first_across_queues(settings, serve):
+    # Streams are read queue by queue (a_..., then b_...): the lane, not the queue's
+    # name, must decide which job runs first.
+    low, _ = submit(settings, "low", "a_lanes", priority=2)
+    submit(settings, "high", "b_lanes", priority=9)
     running = serve({"low": lambda d: {}, "high": lambda d: {}})  # both wait in Redis
 
     wait_until(lambda: status(settings, low).terminal, what="both jobs to run")
@@ -218,3 +220,39 @@ def test_an_abandoned_job_is_claimed_and_one_delivered_too_often_dead_lettered(s
     dead = [Job.decode(fields).execution_id for _, fields in r.xrange(keys.DEAD_LETTERS)]
     assert poison in dead
     assert pending(settings, "q_poison") == 0 and pending(settings, "q_orphan") == 0
+
+
+def test_an_unreadable_entry_goes_to_dead_letters_and_the_next_job_still_runs(settings, serve):
+    r = redis.Redis.from_url(settings.redis.url)
+    job = prepare(settings, "after", "q_garbage")
+    r.xadd(job.stream, {"job": '{"execution_id": "E-from-an-older-version"}'})  # no plan
+    send(settings, job)
+    serve({"after": lambda d: {"ran": True}})
+
+    wait_until(lambda: status(settings, job.execution_id).terminal, what="the readable job")
+    assert status(settings, job.execution_id) == ExecutionStatus.SUCCEEDED
+    dead = [fields for _, fields in r.xrange(keys.DEAD_LETTERS)]
+    assert any(b"E-from-an-older-version" in f[b"job"] for f in dead)
+    assert any(f[b"reason"] == b"the job message cannot be read" for f in dead)
+    assert pending(settings, "q_garbage") == 0
+
+
+class Unreachable(LocalExecutor):
+    """Steps whose every attempt fails outside the task: the store it needs is gone."""
+
+    async def attempt(self, step, call, args, cancelled):
+        raise ConnectionError("redis went away")
+
+
+def test_a_job_whose_run_keeps_failing_in_the_dispatcher_is_dead_lettered_not_stuck(settings):
+    job = prepare(settings, "doomed", "q_doomed")
+    send(settings, job)
+    running = Running(settings, {}, executor=Unreachable({}))
+    try:
+        wait_until(lambda: status(settings, job.execution_id).terminal, what="dead letters")
+    finally:
+        running.close()
+    record = open_records(settings).get_execution(job.execution_id)
+    assert record.status == ExecutionStatus.DEAD_LETTERED
+    assert record.steps[0].status.terminal  # no step is left looking like it runs
+    assert pending(settings, "q_doomed") == 0

@@ -105,3 +105,20 @@ def test_events_travel_as_text_and_anything_else_decodes_to_none():
     assert Event.decode(event.encode().encode()) == event  # bytes, as Redis delivers it
     assert Event.decode(b'{"hello": 1}') is None
     assert Event.decode(b"not json") is None
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        lifecycle.dead_letter,
+        lambda r, reason, now: lifecycle.fail(
+            r, ErrorInfo(type="NotFoundError", message=reason), now
+        ),
+    ],
+)
+def test_an_execution_ended_outside_the_driver_leaves_no_step_open(end):
+    record = execution(E.RUNNING, S.SUCCEEDED, S.RUNNING, S.PENDING)
+    record.steps[1].started_at = 1.0
+    end(record, "gone", 5.0)
+    assert [s.status for s in record.steps] == [S.SUCCEEDED, S.FAILED, S.SKIPPED]
+    assert record.steps[1].error.message == "gone" and record.steps[1].finished_at == 5.0

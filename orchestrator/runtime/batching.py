@@ -53,11 +53,13 @@ class Batcher:
         self.sizes = [*self.sizes[-999:], len(batch)]
         try:
             results = self.fn([item for item, _ in batch])
+            if len(results) != len(batch):  # a caller without a result would wait forever
+                raise ValueError(f"a batch of {len(batch)} returned {len(results)} results")
         except BaseException as e:  # noqa: BLE001 - every caller gets the batch's error
             for _, future in batch:
                 future.set_exception(e)
             return
-        for (_, future), result in zip(batch, results, strict=False):
+        for (_, future), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:

@@ -60,6 +60,8 @@ class Caller:
         except ray.exceptions.RayActorError as e:
             self.router.failed(step, name, "died")
             return failure(name, started, e, retryable=True, message=f"replica {name} died"), None
+        except ray.exceptions.RayError as e:  # an upstream output lost, say: it stays lost
+            return failure(name, started, e, message=f"{type(e).__name__}: {e}"), None
         finally:
             self.router.release(step, name)
         if outcome.broken:

@@ -100,6 +100,7 @@ class Controller:
         self.sets: dict[str, ReplicaSet] = {}
         self.reports: dict[str, tuple[float, dict[str, int]]] = {}
         self._loop_task: asyncio.Task | None = None
+        self._prober: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -207,7 +208,8 @@ class Controller:
                     await self._finish_draining(rs)
                 except Exception:
                     log.exception("reconciling %s failed", rs.key)
-            self._background(self._probe_all())
+            if self._prober is None or self._prober.done():  # one sweep at a time
+                self._prober = self._background(self._probe_all())
 
     async def _reconcile(self, rs: ReplicaSet) -> None:
         """Start or drain replicas until the set has the size policy wants."""
@@ -318,6 +320,10 @@ class Controller:
         rs.starting.discard(name)
         if self.sets.get(rs.key) is rs:
             rs.ready[name] = handle
+        else:  # the set was stopped while this replica loaded: it must not linger
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+            await self._forget_worker(name)
         rs.bump()
 
     async def _probe(self, handle: Any, method: str) -> Any:

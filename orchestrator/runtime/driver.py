@@ -74,7 +74,7 @@ class Driver:
             record.steps = plan.pending_steps()
         run = _Run(plan, record, self.executor.put(pipeline_input))
         await self._resume(run)
-        await asyncio.gather(*(self._step(run, s) for s in plan.steps))
+        await _all_or_none([self._step(run, s) for s in plan.steps])
         verdict = lifecycle.judge(record.steps, plan.name_failed_step)
         if verdict.status == ExecutionStatus.SUCCEEDED:
             verdict = replace(verdict, result=await self._result(run))
@@ -163,6 +163,22 @@ class Driver:
             started = min((s.started_at for s in steps if s.started_at), default=0.0)
             summary["total_time"] = max(s.finished_at or 0 for s in steps) - started
         return result
+
+
+async def _all_or_none(coros: list) -> None:
+    """Run the steps together; if one raises (Redis lost, say), stop the others, then raise.
+
+    The job then stays pending and is claimed again; no step of this run keeps
+    going beside that claim.
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _note_attempt(step: StepRecord, outcome: Outcome) -> None:

@@ -52,3 +52,12 @@ def test_a_batch_error_reaches_every_caller_and_an_item_error_only_its_own():
         assert even.result() == 2
         with pytest.raises(ValueError, match="odd 1"):
             odd.result()
+
+
+def test_a_batch_that_returns_too_few_results_fails_every_caller_instead_of_hanging_one():
+    batcher = Batcher(lambda items: items[:1], max_size=2, wait_s=30)
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(batcher.submit, i) for i in (1, 2)]
+        for f in futures:
+            with pytest.raises(ValueError, match="a batch of 2 returned 1 results"):
+                f.result(timeout=30)

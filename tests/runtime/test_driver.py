@@ -202,3 +202,41 @@ def test_a_results_summary_gets_each_steps_time_and_the_total():
     assert summary["n"] == 1
     assert summary["step_times"] == {s.step_id: s.duration for s in rec.steps}
     assert summary["total_time"] >= max(summary["step_times"].values())
+
+
+def test_a_cancel_between_steps_lets_the_running_step_finish_and_starts_no_other():
+    store = MemoryRunStore()
+
+    def first(document):
+        store.cancel_requests.add("E1")  # the user cancels while the first step runs
+        return {"done": True}
+
+    plan = pipeline(step("a"), step("b", "a"), step("c", "b"))
+    verdict, rec, _, executor = drive(
+        plan, {"a": first, "b": lambda d: {}, "c": lambda d: {}}, store=store
+    )
+    assert verdict.status == ExecutionStatus.CANCELLED
+    assert statuses(rec) == {"a": "succeeded", "b": "cancelled", "c": "cancelled"}
+    assert [name for name, _ in executor.calls] == ["a"]
+
+
+def test_an_error_outside_the_steps_stops_every_step_of_the_run_and_is_raised():
+    sibling = {"cancelled": False}
+
+    async def waits_forever(document):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            sibling["cancelled"] = True
+            raise
+
+    class LostStore(MemoryRunStore):
+        async def cancelled(self, execution_id):
+            if len(self.events) >= 2:  # both steps started; then the store goes away
+                raise ConnectionError("redis went away")
+            return False
+
+    plan = pipeline(step("slow", parallel_group="g"), step("other", parallel_group="g"))
+    with pytest.raises(ConnectionError, match="redis went away"):
+        drive(plan, {"slow": waits_forever, "other": lambda d: {}}, store=LostStore())
+    assert sibling["cancelled"]  # nothing of this run keeps going beside a later claim
