@@ -15,11 +15,15 @@ JSON on stdin (never on the command line: they may hold passwords).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import psutil
 
 from orchestrator import keys
 from orchestrator.errors import StackError
@@ -55,8 +59,25 @@ def connect(settings: Settings) -> None:
 
 
 def same_cluster(a: str | None, b: str | None) -> bool:
-    # Ray reports the head by the machine's address even when given 127.0.0.1.
-    return bool(a and b) and a.rsplit(":", 1)[-1] == b.rsplit(":", 1)[-1]
+    """Whether two GCS addresses name one cluster: one port, and one host or this machine.
+
+    Ray reports a head by the machine's address even when it was given 127.0.0.1.
+    """
+    if not (a and b):
+        return False
+    (host_a, port_a), (host_b, port_b) = a.rsplit(":", 1), b.rsplit(":", 1)
+    if port_a != port_b:
+        return False
+    return host_a == host_b or (_this_machine(host_a) and _this_machine(host_b))
+
+
+def _this_machine(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(socket.gethostbyname(host))
+    except (OSError, ValueError):
+        return False
+    mine = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return address.is_loopback or str(address) in mine
 
 
 def deploy(settings: Settings) -> list[str]:
