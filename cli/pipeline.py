@@ -11,6 +11,7 @@ from rich.tree import Tree
 
 from cli import run
 from cli.common import console, print_json, state, steps_table, when
+from orchestrator.errors import NotFoundError
 from orchestrator.inputs import parse_input
 from orchestrator.pipelines.registry import mermaid
 
@@ -29,9 +30,9 @@ def register(
     client = state(ctx).client
     paths = list(files or []) + ([json_config] if json_config else [])
     if paths:
-        done = [d for path in paths for d in client.register_pipelines(path, force=force)]
+        done = client.register_pipeline_files(paths, force=force)
     else:
-        done = client.register_pipeline_files(Path("pipelines"), force=force)
+        done = client.register_pipelines_in(Path("pipelines"), force=force)
     if as_json:
         print_json([record for record, _ in done])
         return
@@ -74,10 +75,24 @@ def info(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Steps as a tree with dependencies and groups, then a Mermaid graph."""
-    record = state(ctx).client.pipeline(pipeline_id, version)
+    client = state(ctx).client
+    record = client.pipeline(pipeline_id, version)
     spec = record.spec
+    try:  # what each step would run with now: every level of the policy resolved
+        policies = {
+            s.step_id: s.policy
+            for s in client.plan(pipeline_id, record.version, kind="pipeline").steps
+        }
+    except NotFoundError:  # a task it uses is gone; the tree still shows the pipeline
+        policies = {}
     if as_json:
-        print_json({**record.model_dump(mode="json"), "mermaid": mermaid(spec)})
+        print_json(
+            {
+                **record.model_dump(mode="json"),
+                "mermaid": mermaid(spec),
+                "policies": {k: v.model_dump() for k, v in policies.items()},
+            }
+        )
         return
     tree = Tree(f"[bold]{spec.pipeline_id}[/bold] {record.version}: {spec.name or ''}")
     if spec.description:
@@ -89,9 +104,11 @@ def info(
             + (f" [cyan](group {s.parallel_group})[/cyan]" if s.parallel_group else "")
         )
         node.add(f"depends on: {', '.join(s.deps) or '-'}")
+        policy = policies.get(s.id)
         node.add(
-            f"timeout: {s.timeout or 'task default'}, retries: "
-            f"{s.retry_count if s.retry_count is not None else 'task default'}"
+            f"runs with: timeout {policy.timeout:g} s, {policy.retries} retries"
+            if policy
+            else "runs with: unknown (a task it uses is not registered)"
         )
         for field, path in (s.input_mapping or {}).items():
             node.add(f"{field} ← {path}", highlight=False)
@@ -135,10 +152,8 @@ def execute(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run a pipeline through the queue; prints its result and per-step timings."""
-    client = state(ctx).client
-    client.pipeline(pipeline_id, version)  # a pipeline, not a task of that name
     run.execute(
-        client,
+        state(ctx).client,
         pipeline_id,
         parse_input(input_text),
         wait=wait,
@@ -146,6 +161,7 @@ def execute(
         version=version,
         timeout=timeout,
         as_json=as_json,
+        kind="pipeline",  # a pipeline, even where a task has the same name
         extra=lambda record: console.print(steps_table(record)),
     )
 

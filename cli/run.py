@@ -9,6 +9,7 @@ import typer
 
 from cli.common import console, err_console, print_json, show_record, state
 from orchestrator import Client
+from orchestrator.client import Kind
 from orchestrator.inputs import parse_input
 from orchestrator.models import ExecutionRecord, ExecutionStatus
 
@@ -48,14 +49,16 @@ def execute(
     version: str | None,
     timeout: float | None,
     as_json: bool,
+    kind: Kind | None = None,
     extra: Callable[[ExecutionRecord], None] | None = None,
 ) -> None:
     """Submit (printing the id) or run and show the record; shared by run and execute."""
+    options = {"priority": priority, "version": version, "kind": kind}
     if not wait:
-        execution_id = client.submit(target, document, priority=priority, version=version)
+        execution_id = client.submit(target, document, **options)
         print_json({"execution_id": execution_id}) if as_json else console.print(execution_id)
         return
-    record = client.run(target, document, priority=priority, version=version, timeout=timeout)
+    record = client.run(target, document, timeout=timeout, **options)
     show_record(record, as_json)
     if extra and not as_json:
         extra(record)

@@ -64,7 +64,7 @@ def demo(
     render_result({"faces": done.faces}, title="faces")
     console.print(steps_table(record))
     console.print(
-        f"{record.result['summary']['face_count']} face(s) on {image.name}; execution "
+        f"{done.face_count} face(s) on {image.name}; execution "
         f"{record.execution_id} {record.status.value} in {seconds(record.duration)} "
         f"(queue wait {seconds(record.queue_wait)})"
     )

@@ -23,20 +23,20 @@ def register(
     force: bool = typer.Option(False, help="Replace a version registered with other content."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Store task packages in the object store and their metadata in the records."""
-    client = state(ctx).client
-    done = []
-    for path in paths:
-        record, changed = client.register_task(path, force=force)
-        done.append(record)
-        if not as_json:
-            verb = "registered" if changed else "unchanged"
-            console.print(
-                f"{verb} {record.task_id} {record.version} "
-                f"sha256 {record.sha256[:12]} ({size(record.size)})"
-            )
+    """Store task packages in the object store and their metadata in the records.
+
+    All or none: every folder is checked before any is stored.
+    """
+    done = state(ctx).client.register_tasks(paths, force=force)
     if as_json:
-        print_json(done)
+        print_json([record for record, _ in done])
+        return
+    for record, changed in done:
+        verb = "registered" if changed else "unchanged"
+        console.print(
+            f"{verb} {record.task_id} {record.version} "
+            f"sha256 {record.sha256[:12]} ({size(record.size)})"
+        )
 
 
 @app.command("list")

@@ -37,6 +37,16 @@ TASK = Kind("task", keys.TASKS_BUCKET, keys.package_key, "bump the version")
 PIPELINE = Kind("pipeline", keys.PIPELINES_BUCKET, keys.pipeline_key, "bump metadata.version")
 
 
+@dataclass(frozen=True)
+class Candidate(Generic[R]):
+    """An artifact checked and ready to register: its content and how to record it."""
+
+    artifact_id: str
+    version: str
+    data: bytes
+    build: Callable[[str, str], R]  # (sha256, object_key) -> record
+
+
 class Registry(Generic[R]):
     """Register, resolve and delete the versions of one kind of artifact."""
 
@@ -55,32 +65,39 @@ class Registry(Generic[R]):
         self._get, self._put, self._remove, self._every = get, put, remove, every
         self._ident = ident
 
-    def register(
-        self,
-        artifact_id: str,
-        version: str,
-        data: bytes,
-        build: Callable[[str, str], R],
-        force: bool = False,
-    ) -> tuple[R, bool]:
-        """Store ``data`` and record it; returns (record, whether anything changed).
-
-        ``build(sha256, object_key)`` makes the record.
-        """
-        sha = hashlib.sha256(data).hexdigest()
-        existing = self._get(artifact_id, version)
-        if existing and existing.sha256 == sha:
+    def register(self, candidate: Candidate[R], force: bool = False) -> tuple[R, bool]:
+        """Store the content and record it; returns (record, whether anything changed)."""
+        existing = self._check(candidate, force)
+        if existing is not None:
             return existing, False
-        if existing and not force:
-            raise ConflictError(
-                f"{self.kind.noun} {artifact_id} version {version} is registered with other "
-                f"content; {self.kind.bump} or use --force"
-            )
-        key = self.kind.object_key(artifact_id, version, sha)
-        self.objects.put(self.kind.bucket, key, data)
-        record = build(sha, key)
+        sha = hashlib.sha256(candidate.data).hexdigest()
+        key = self.kind.object_key(candidate.artifact_id, candidate.version, sha)
+        self.objects.put(self.kind.bucket, key, candidate.data)
+        record = candidate.build(sha, key)
         self._put(record)
         return record, True
+
+    def register_all(
+        self, candidates: list[Candidate[R]], force: bool = False
+    ) -> list[tuple[R, bool]]:
+        """Register several, all or none: every conflict is found before anything is stored."""
+        for candidate in candidates:
+            self._check(candidate, force)
+        return [self.register(c, force) for c in candidates]
+
+    def _check(self, candidate: Candidate[R], force: bool) -> R | None:
+        """The record already holding this content, if any; ConflictError for other content."""
+        existing = self._get(candidate.artifact_id, candidate.version)
+        if existing is None:
+            return None
+        if existing.sha256 == hashlib.sha256(candidate.data).hexdigest():
+            return existing
+        if not force:
+            raise ConflictError(
+                f"{self.kind.noun} {candidate.artifact_id} version {candidate.version} is "
+                f"registered with other content; {self.kind.bump} or use --force"
+            )
+        return None
 
     def resolve(self, artifact_id: str, version: str | None = None) -> R:
         """One version, or the latest registered one; NotFoundError naming it."""

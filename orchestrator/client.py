@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -43,6 +43,8 @@ from orchestrator.records import RecordStore, open_records
 from orchestrator.runner import TaskRunner, validate_input
 from orchestrator.settings import Settings, load_settings
 from orchestrator.workers import worker_status
+
+Kind = Literal["task", "pipeline"]
 
 
 class Client:
@@ -97,10 +99,17 @@ class Client:
         return packages.register(Path(folder), self._tasks, force=force)
 
     def register_tasks(
+        self, folders: list[str | Path], force: bool = False
+    ) -> list[tuple[TaskRecord, bool]]:
+        """Register several task folders, all or none: each is checked before any is stored."""
+        candidates = [packages.candidate(Path(f)) for f in folders]
+        return self._tasks.register_all(candidates, force)
+
+    def register_tasks_in(
         self, root: str | Path, force: bool = False
     ) -> list[tuple[TaskRecord, bool]]:
         """Register every task package folder directly under ``root``."""
-        return [self.register_task(f, force) for f in packages.discover(Path(root))]
+        return self.register_tasks(packages.discover(Path(root)), force)
 
     def tasks(self) -> list[TaskRecord]:
         return self.records.list_tasks()
@@ -148,23 +157,25 @@ class Client:
     def register_pipelines(
         self, path: str | Path, force: bool = False
     ) -> list[tuple[PipelineRecord, bool]]:
-        """Register every pipeline in a file (either seed format)."""
-        return [
-            pipeline_registry.register(
-                spec, self._pipelines, self.records.get_task, self.settings, force
-            )
-            for spec in load_file(Path(path))
-        ]
+        """Register every pipeline in a file (either seed format), all or none."""
+        return self.register_pipeline_files([path], force)
 
     def register_pipeline_files(
+        self, paths: list[str | Path], force: bool = False
+    ) -> list[tuple[PipelineRecord, bool]]:
+        """Register every pipeline in these files, all or none: each is validated first."""
+        candidates = [
+            pipeline_registry.candidate(spec, self.records.get_task, self.settings)
+            for path in paths
+            for spec in load_file(Path(path))
+        ]
+        return self._pipelines.register_all(candidates, force)
+
+    def register_pipelines_in(
         self, root: str | Path, force: bool = False
     ) -> list[tuple[PipelineRecord, bool]]:
         """Register every pipeline file directly under ``root``."""
-        return [
-            done
-            for path in pipeline_registry.discover(Path(root))
-            for done in self.register_pipelines(path, force)
-        ]
+        return self.register_pipeline_files(pipeline_registry.discover(Path(root)), force)
 
     def pipelines(self) -> list[PipelineRecord]:
         return self.records.list_pipelines()
@@ -179,13 +190,12 @@ class Client:
         """Check a pipeline file against the registry without registering it."""
         return pipeline_registry.validate_file(Path(path), self.records.get_task, self.settings)
 
-    def plan(self, target: str, version: str | None = None) -> Plan:
+    def plan(self, target: str, version: str | None = None, kind: Kind | None = None) -> Plan:
         """The plan a task or pipeline would run now: tasks pinned, policies resolved."""
-        task = self.records.get_task(target, version)
-        if task is not None:
-            return task_plan(task, self.settings)
-        pipeline = self.pipeline(target, version)
-        return compile_plan(pipeline.spec, self.records.get_task, self.settings)
+        found = self._target(target, version, kind)
+        if isinstance(found, TaskRecord):
+            return task_plan(found, self.settings)
+        return compile_plan(found.spec, self.records.get_task, self.settings)
 
     # executions --------------------------------------------------------------
     def submit(
@@ -196,12 +206,14 @@ class Client:
         priority: int | None = None,
         version: str | None = None,
         cwd: Path | None = None,
+        kind: Kind | None = None,
     ) -> str:
         """Validate, record as queued, enqueue; returns the execution id.
 
-        ``target`` is a task id or, failing that, a pipeline id.
+        ``target`` is a task id or, failing that, a pipeline id (``kind`` says which
+        to look for when a task and a pipeline share a name).
         """
-        execution, plan = self._new(target, input_data, priority, version, cwd)
+        execution, plan = self._new(target, input_data, priority, version, cwd, kind)
         self._enqueue(execution, plan)
         return execution.execution_id
 
@@ -215,9 +227,10 @@ class Client:
         cwd: Path | None = None,
         timeout: float | None = None,
         raise_on_failure: bool = False,
+        kind: Kind | None = None,
     ) -> ExecutionRecord:
         """Submit and wait for the terminal record (or, after ``timeout``, the current one)."""
-        execution, plan = self._new(target, input_data, priority, version, cwd)
+        execution, plan = self._new(target, input_data, priority, version, cwd, kind)
         with self._subscribe(execution.execution_id) as events:
             self._enqueue(execution, plan)
             result = self._wait(execution.execution_id, events, timeout)
@@ -293,17 +306,28 @@ class Client:
         priority: int | None,
         version: str | None,
         cwd: Path | None,
+        kind: Kind | None,
     ) -> tuple[ExecutionRecord, Plan]:
         if priority is not None and not 1 <= priority <= 10:
             raise InputError(f"priority {priority}: must be from 1 (low) to 10 (high)")
-        task = self.records.get_task(target, version)
-        if task is not None:
-            return self._new_task_execution(task, input_data, priority, cwd)
-        pipeline = self.records.get_pipeline(target, version)
-        if pipeline is not None:
-            return self._new_pipeline_execution(pipeline, input_data, priority, cwd)
-        pinned = f" version {version}" if version else ""
-        raise NotFoundError(f"unknown task or pipeline {target!r}{pinned}; see `wtm task list`")
+        found = self._target(target, version, kind)
+        if isinstance(found, TaskRecord):
+            return self._new_task_execution(found, input_data, priority, cwd)
+        return self._new_pipeline_execution(found, input_data, priority, cwd)
+
+    def _target(
+        self, target: str, version: str | None, kind: Kind | None
+    ) -> TaskRecord | PipelineRecord:
+        """What ``target`` names: a task, else a pipeline (or only the ``kind`` asked for)."""
+        if kind == "pipeline":
+            return self.pipeline(target, version)
+        if kind == "task":
+            return self.task(target, version)
+        found = self.records.get_task(target, version) or self.records.get_pipeline(target, version)
+        if found is None:
+            pinned = f" version {version}" if version else ""
+            raise NotFoundError(f"unknown task or pipeline {target!r}{pinned}; see `wtm task list`")
+        return found
 
     def _new_task_execution(
         self, record: TaskRecord, input_data: Any, priority: int | None, cwd: Path | None

@@ -35,6 +35,10 @@ class DemoRun:
     record: ExecutionRecord
     faces: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def face_count(self) -> int:
+        return len(self.faces)
+
 
 def register_examples(client: Client, tasks_dir: Path, pipelines_dir: Path) -> list[Registered]:
     """Register every example task and pipeline as it is on disk.
@@ -44,11 +48,11 @@ def register_examples(client: Client, tasks_dir: Path, pipelines_dir: Path) -> l
     """
     done = [
         Registered("task", r.task_id, r.version, changed, r.sha256)
-        for r, changed in client.register_tasks(tasks_dir, force=True)
+        for r, changed in client.register_tasks_in(tasks_dir, force=True)
     ]
     done += [
         Registered("pipeline", r.pipeline_id, r.version, changed, r.sha256)
-        for r, changed in client.register_pipeline_files(pipelines_dir, force=True)
+        for r, changed in client.register_pipelines_in(pipelines_dir, force=True)
     ]
     return done
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 
 from orchestrator import keys
-from orchestrator.artifacts import Registry
+from orchestrator.artifacts import Candidate, Registry
 from orchestrator.errors import NotFoundError, PackageError, SpecError
 from orchestrator.models import TaskRecord
 from orchestrator.objects import ObjectStore
@@ -91,6 +91,11 @@ def register(
     folder: Path, registry: Registry[TaskRecord], force: bool = False
 ) -> tuple[TaskRecord, bool]:
     """Check a package folder, archive it and register it; returns (record, changed)."""
+    return registry.register(candidate(folder), force)
+
+
+def candidate(folder: Path) -> Candidate[TaskRecord]:
+    """Check a package folder and archive it, ready to register (nothing is stored)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError(f"{folder}: no such task folder")
@@ -109,7 +114,7 @@ def register(
             spec=spec,
         )
 
-    return registry.register(spec.task_id, spec.version, data, build, force)
+    return Candidate(spec.task_id, spec.version, data, build)
 
 
 def check_entry_point(folder: Path, spec: TaskSpec) -> None:

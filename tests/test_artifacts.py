@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator import artifacts, keys
+from orchestrator.artifacts import Candidate
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.models import PipelineRecord
 from orchestrator.objects.local import LocalObjectStore
@@ -20,7 +21,7 @@ def registry(tmp_path):
     records.close()
 
 
-def register(registry, version: str, data: bytes, force: bool = False, at: float = 1.0):
+def candidate(version: str, data: bytes, at: float = 1.0) -> Candidate:
     spec = PipelineSpec(pipeline_id="p", steps=[{"task_id": "t"}], metadata={"version": version})
 
     def build(sha: str, key: str) -> PipelineRecord:
@@ -33,7 +34,11 @@ def register(registry, version: str, data: bytes, force: bool = False, at: float
             spec=spec,
         )
 
-    return registry.register("p", version, data, build, force)
+    return Candidate("p", version, data, build)
+
+
+def register(registry, version: str, data: bytes, force: bool = False, at: float = 1.0):
+    return registry.register(candidate(version, data, at), force)
 
 
 def test_versions_are_content_addressed_kept_side_by_side_and_the_latest_is_the_default(
@@ -71,3 +76,13 @@ def test_delete_removes_records_then_objects_and_names_what_is_missing(registry)
         reg.delete("p")
     with pytest.raises(NotFoundError, match="unknown pipeline 'p' version 3"):
         reg.resolve("p", "3")
+
+
+def test_several_register_all_or_none(registry):
+    reg, objects = registry
+    register(reg, "1", b"one")
+    batch = [candidate("2", b"two"), candidate("1", b"changed")]  # the second conflicts
+    with pytest.raises(ConflictError):
+        reg.register_all(batch)
+    assert [r.version for r in reg.versions("p")] == ["1"]  # "2" was not stored either
+    assert objects.list(keys.PIPELINES_BUCKET) == [reg.resolve("p").object_key]

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from orchestrator.artifacts import Registry
+from orchestrator.artifacts import Candidate
 from orchestrator.errors import NotFoundError
 from orchestrator.models import PipelineRecord
 from orchestrator.pipelines.graph import TaskLookup, compile_plan
@@ -28,14 +28,10 @@ def validate_file(path: Path, tasks: TaskLookup, settings: Settings) -> list[Pla
     return [compile_plan(spec, tasks, settings) for spec in load_file(path)]
 
 
-def register(
-    spec: PipelineSpec,
-    registry: Registry[PipelineRecord],
-    tasks: TaskLookup,
-    settings: Settings,
-    force: bool = False,
-) -> tuple[PipelineRecord, bool]:
-    """Validate, then store the definition and record its version; returns (record, changed)."""
+def candidate(
+    spec: PipelineSpec, tasks: TaskLookup, settings: Settings
+) -> Candidate[PipelineRecord]:
+    """Validate a pipeline against the task registry, ready to register (nothing is stored)."""
     compile_plan(spec, tasks, settings)
     document = spec.model_dump(mode="json", exclude_none=True)
     data = json.dumps(document, sort_keys=True, indent=2).encode()
@@ -50,7 +46,7 @@ def register(
             spec=spec,
         )
 
-    return registry.register(spec.pipeline_id, spec.version, data, build, force)
+    return Candidate(spec.pipeline_id, spec.version, data, build)
 
 
 def mermaid(spec: PipelineSpec) -> str:

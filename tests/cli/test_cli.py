@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import IMAGES, TASK_PKGS
+from tests.conftest import IMAGES, TASK_PKGS, make_task
 
 runner = CliRunner()
 
@@ -126,3 +126,28 @@ def test_health_reports_every_component(cli_env, client):
     components = {c["name"]: c for c in json.loads(result.stdout)}
     for name in ("redis", "records", "objects", "ray", "dashboard", "dispatchers"):
         assert components[name]["ok"], components[name]
+
+
+def test_registering_several_stores_all_or_none(cli_env, client, tmp_path):
+    good = make_task(tmp_path / "pkgs", "all_or_none_good", "return {}")
+    bad = make_task(tmp_path / "pkgs", "all_or_none_bad", "return {}")
+    (bad / "task.json").write_text("{not json")
+    before = wtm("task", "list", "--json").stdout
+    _one_line_error(wtm("task", "register", str(good), str(bad)), 2, "malformed JSON", "task.json")
+    assert wtm("task", "list", "--json").stdout == before  # the good one was not stored
+
+    config = tmp_path / "two.json"
+    step = {"task_id": "face_detection"}
+    config.write_text(
+        json.dumps(
+            {
+                "pipelines": {
+                    "first_of_two": {"steps": [step]},
+                    "second_of_two": {"steps": [{"task_id": "no_such_task"}]},
+                }
+            }
+        )
+    )
+    pipelines_before = wtm("pipeline", "list", "--json").stdout
+    _one_line_error(wtm("pipeline", "register", str(config)), 3, "no_such_task", "second_of_two")
+    assert wtm("pipeline", "list", "--json").stdout == pipelines_before

@@ -308,3 +308,18 @@ def test_global_settings_defaults_apply_at_run_time_and_a_tasks_own_timeout_wins
     assert "2s" in steps["sets_nothing"].error.message
     assert steps["sets_nothing"].attempts == 1  # default_retry_count 0, not the system's 3
     assert steps["sets_its_own"].status == "succeeded"  # 3 s is within its own 30 s
+
+
+def test_pipeline_execute_runs_the_pipeline_when_a_task_has_its_name(client, tmp_path, cli_env):
+    client.register_task(make_task(tmp_path, "twin_name", 'return {"from": "task"}'))
+    client.register_task(make_task(tmp_path, "twin_step", 'return {"from": "pipeline"}'))
+    register(client, tmp_path, {"pipeline_id": "twin_name", "steps": [{"task_id": "twin_step"}]})
+
+    as_pipeline = runner.invoke(app, ["pipeline", "execute", "twin_name", "{}", "--json"])
+    as_run = runner.invoke(app, ["run", "twin_name", "{}", "--json"])  # a task comes first
+
+    assert as_pipeline.exit_code == 0, as_pipeline.output
+    assert json.loads(as_pipeline.stdout)["result"] == {"from": "pipeline"}
+    assert json.loads(as_run.stdout)["result"] == {"from": "task"}
+    missing = runner.invoke(app, ["pipeline", "execute", "no_such_pipeline", "{}"])
+    assert missing.exit_code == 3 and "unknown pipeline 'no_such_pipeline'" in missing.stderr
