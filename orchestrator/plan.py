@@ -30,7 +30,6 @@ class PlannedStep(BaseModel):
     policy: StepPolicy
     deps: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()  # upstream steps whose outputs this step receives
-    parallel_group: str | None = None
     input_mapping: dict[str, str] | None = None
 
 

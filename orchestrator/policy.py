@@ -69,10 +69,11 @@ def _first(values: list, fallback):
 def compute_backoff(
     attempt: int, *, base: float, cap: float, rand: random.Random | None = None
 ) -> float:
-    """Seconds to wait before retry number ``attempt`` (1-based): full jitter.
+    """Seconds to wait before retry number ``attempt`` (1-based), with equal jitter.
 
     Exponential growth ``base * 2**(attempt-1)`` capped at ``cap``, then a
-    uniform draw below it, so a burst of failures does not retry in lockstep.
+    uniform draw from its upper half: never less than half the step, and a
+    burst of failures does not retry in lockstep.
     """
     ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
     return (rand or random).uniform(ceiling / 2, ceiling)

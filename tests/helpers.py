@@ -23,3 +23,26 @@ def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str = "c
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.05)
+
+
+def ghost_takes(redis_url: str, job, deliveries: int = 1) -> str:
+    """Add a job to its stream and let a consumer that then dies take it ``deliveries``
+    times without acknowledging it; returns the entry id.
+
+    The queue is announced to dispatchers only afterwards, so none reads it first.
+    """
+    import contextlib
+
+    import redis
+
+    from orchestrator import keys
+
+    r = redis.Redis.from_url(redis_url)
+    with contextlib.suppress(redis.ResponseError):  # a dispatcher made the group first
+        r.xgroup_create(job.stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+    entry = r.xadd(job.stream, job.encode())
+    r.xreadgroup(keys.CONSUMER_GROUP, "ghost", {job.stream: ">"}, count=1)  # delivery 1
+    for _ in range(deliveries - 1):
+        r.xclaim(job.stream, keys.CONSUMER_GROUP, "ghost", 0, [entry])  # one more each
+    r.sadd(keys.QUEUES_SET, job.queue)
+    return entry.decode()

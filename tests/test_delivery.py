@@ -4,7 +4,6 @@ read a job and died without acknowledging it."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import redis
@@ -13,6 +12,7 @@ from orchestrator import keys
 from orchestrator.intake import Job
 from orchestrator.models import ExecutionRecord, ExecutionStatus, StepStatus, new_execution_id
 from tests.conftest import make_task
+from tests.helpers import ghost_takes
 
 
 def abandon(client, task_id: str, queue: str, deliveries: int) -> str:
@@ -29,21 +29,8 @@ def abandon(client, task_id: str, queue: str, deliveries: int) -> str:
         steps=plan.pending_steps(),
     )
     client.records.insert_execution(execution)
-    ghost_takes(client, queue, Job.of(execution, plan), deliveries)
+    ghost_takes(client.settings.redis.url, Job.of(execution, plan), deliveries)
     return execution.execution_id
-
-
-def ghost_takes(client, queue: str, job: Job, deliveries: int = 1) -> None:
-    """Enqueue a job and let a consumer that then dies take it `deliveries` times."""
-    r = redis.Redis.from_url(client.settings.redis.url)
-    stream = keys.stream(queue, "normal")
-    with contextlib.suppress(redis.ResponseError):  # the dispatcher made it first
-        r.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
-    entry = r.xadd(stream, job.encode())
-    r.xreadgroup(keys.CONSUMER_GROUP, "ghost", {stream: ">"}, count=1)  # delivery 1
-    for _ in range(deliveries - 1):
-        r.xclaim(stream, keys.CONSUMER_GROUP, "ghost", 0, [entry])  # each counts one more
-    r.sadd(keys.QUEUES_SET, queue)  # only now may a dispatcher read this queue
 
 
 def test_a_job_a_dead_dispatcher_held_is_claimed_and_run(client, tmp_path):
@@ -113,7 +100,7 @@ def test_a_claimed_pipeline_resumes_after_its_finished_steps(client, tmp_path):
         keys.step_output_key(execution.execution_id, "ran_before"),
         json.dumps({"kept": True}).encode(),
     )
-    ghost_takes(client, "resume", Job.of(execution, plan))
+    ghost_takes(client.settings.redis.url, Job.of(execution, plan))
 
     record = client.wait(execution.execution_id, timeout=60)
 

@@ -26,7 +26,7 @@ from orchestrator.runtime.driver import LocalExecutor
 from orchestrator.settings import Settings
 from orchestrator.stack import services
 from orchestrator.stack.state import StackState
-from tests.helpers import wait_until
+from tests.helpers import ghost_takes, wait_until
 
 POLICY = StepPolicy(timeout=30, retries=0, backoff_base=0, backoff_max=0)
 
@@ -192,23 +192,14 @@ def test_a_higher_lane_is_served_first_across_queues(settings, serve):
     assert [name for name, _ in running.executor.calls] == ["high", "low"]
 
 
-def ghost_takes(settings: Settings, queue: str, entry: str, deliveries: int) -> None:
-    """A consumer that reads the entry and dies without acknowledging it."""
-    r = redis.Redis.from_url(settings.redis.url)
-    stream = keys.stream(queue, "normal")
-    r.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
-    r.xreadgroup(keys.CONSUMER_GROUP, "ghost", {stream: ">"}, count=1)
-    for _ in range(deliveries - 1):
-        r.xclaim(stream, keys.CONSUMER_GROUP, "ghost", 0, [entry])
-
-
 def test_an_abandoned_job_is_claimed_and_one_delivered_too_often_dead_lettered(settings, serve):
-    orphan, orphan_entry = submit(settings, "orphan", "q_orphan")
-    ghost_takes(settings, "q_orphan", orphan_entry, deliveries=1)
-    poison, poison_entry = submit(settings, "poison", "q_poison")
-    ghost_takes(settings, "q_poison", poison_entry, deliveries=2)
+    orphan = prepare(settings, "orphan", "q_orphan")
+    ghost_takes(settings.redis.url, orphan, deliveries=1)
+    poison = prepare(settings, "poison", "q_poison")
+    ghost_takes(settings.redis.url, poison, deliveries=2)
     running = serve({"orphan": lambda d: {"ran": True}, "poison": lambda d: {"ran": True}})
 
+    orphan, poison = orphan.execution_id, poison.execution_id
     wait_until(lambda: status(settings, orphan).terminal, what="the orphan to be claimed")
     wait_until(lambda: status(settings, poison).terminal, what="the poison to be dead-lettered")
     assert status(settings, orphan) == ExecutionStatus.SUCCEEDED

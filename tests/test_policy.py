@@ -20,7 +20,7 @@ from orchestrator.settings import StepSettings
 DEFAULTS = StepSettings(timeout_s=300, max_retries=3, backoff_base_s=0.5, backoff_max_s=8)
 
 
-def test_backoff_grows_exponentially_with_full_jitter_and_a_cap():
+def test_backoff_grows_exponentially_with_equal_jitter_and_a_cap():
     rand = random.Random(7)
     draws = [compute_backoff(n, base=0.5, cap=4.0, rand=rand) for n in range(1, 8)]
     ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]

@@ -59,7 +59,6 @@ def compile_plan(spec: PipelineSpec, tasks: TaskLookup, settings: Settings) -> P
                 policy=policy,
                 deps=tuple(s.deps),
                 reads=_reads(s, steps, ancestors[step_id], records, where),
-                parallel_group=s.parallel_group,
                 input_mapping=s.input_mapping,
             )
         )

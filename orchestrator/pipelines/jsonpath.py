@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from jsonpath_ng import jsonpath as ast
-from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext import parse as _parse
 
 from orchestrator.errors import PathNotFound, SpecError
@@ -47,7 +46,7 @@ def parse(text: str) -> Path:
         raise SpecError(f"mapping {text!r} must start with '$'")
     try:
         expr = _parse(text)
-    except (JSONPathError, Exception) as e:
+    except Exception as e:  # its parser raises JSONPathError, its lexer bare Exceptions
         raise SpecError(f"mapping {text!r}: cannot read it ({e})") from e
     return Path(text, expr, tuple(_chain(expr)))
 
@@ -98,7 +97,10 @@ def schema_problem(path: Path, schema: dict[str, Any], skip: int = 1) -> str | N
             if not isinstance(props, dict):
                 return None
             if name not in props:
-                if node.get("additionalProperties"):
+                # Only the properties it lists count, unless it says others are welcome
+                # (additionalProperties true or a schema) or matches names by pattern.
+                others = node.get("additionalProperties", False)
+                if others is not False or node.get("patternProperties"):
                     return None
                 known = ", ".join(sorted(props)) or "none"
                 return f"no field {name!r} (it has: {known})"

@@ -291,3 +291,19 @@ def test_seed_config_pipeline_with_a_custom_unmapped_step_compiles():
 def test_a_missing_pipeline_file_is_not_found_like_a_missing_task_folder(tmp_path):
     with pytest.raises(NotFoundError, match="no such pipeline file"):
         load_file(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        ({"properties": {"a": {}}}, "no field 'b' (it has: a)"),  # listed properties only
+        ({"properties": {"a": {}}, "additionalProperties": False}, "no field 'b'"),
+        ({"properties": {"a": {}}, "additionalProperties": True}, None),
+        ({"properties": {"a": {}}, "additionalProperties": {}}, None),  # any schema: welcome
+        ({"properties": {"a": {}}, "patternProperties": {"^b": {}}}, None),
+        ({"type": "object"}, None),  # nothing listed: nothing to check against
+    ],
+)
+def test_a_mapping_reads_only_what_the_output_schema_can_hold(schema, problem):
+    found = jsonpath.schema_problem(jsonpath.parse("$.step.b"), schema)
+    assert found == problem or (problem and found and found.startswith(problem))

@@ -181,9 +181,7 @@ def in_flight_probe():
 @pytest.mark.parametrize(("max_parallel", "most"), [(1, 1), (10, 3)])
 def test_a_parallel_group_is_in_flight_together_within_max_parallel(max_parallel, most):
     state, body = in_flight_probe()
-    plan = pipeline(
-        *(step(n, parallel_group="g") for n in ("x", "y", "z")), max_parallel=max_parallel
-    )
+    plan = pipeline(*(step(n) for n in ("x", "y", "z")), max_parallel=max_parallel)
     verdict, _, _, _ = drive(plan, {"x": body, "y": body, "z": body})
     assert verdict.status == ExecutionStatus.SUCCEEDED
     assert state["most"] == most
@@ -236,7 +234,7 @@ def test_an_error_outside_the_steps_stops_every_step_of_the_run_and_is_raised():
                 raise ConnectionError("redis went away")
             return False
 
-    plan = pipeline(step("slow", parallel_group="g"), step("other", parallel_group="g"))
+    plan = pipeline(step("slow"), step("other"))  # independent: in flight together
     with pytest.raises(ConnectionError, match="redis went away"):
         drive(plan, {"slow": waits_forever, "other": lambda d: {}}, store=LostStore())
     assert sibling["cancelled"]  # nothing of this run keeps going beside a later claim
