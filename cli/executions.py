@@ -16,6 +16,7 @@ from cli.common import (
     steps_table,
     when,
 )
+from cli.run import exit_unless_succeeded
 from orchestrator.models import ExecutionStatus
 
 app = typer.Typer(help="Execution history.", no_args_is_help=True)
@@ -98,6 +99,7 @@ def retry(
     outcome = state(ctx).client.retry(execution_id, wait=wait)
     if wait:
         show_record(outcome, as_json)
+        exit_unless_succeeded(outcome, None)
     elif as_json:
         print_json({"execution_id": outcome})
     else:

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cli import run
-from cli.common import console, print_json, state, steps_table, when
+from cli.common import console, print_json, state, when
 from orchestrator.errors import NotFoundError
 from orchestrator.inputs import parse_input
 from orchestrator.pipelines.registry import mermaid
@@ -105,8 +105,9 @@ def info(
         )
         node.add(f"depends on: {', '.join(s.deps) or '-'}")
         policy = policies.get(s.id)
+        retries = policy and f"{policy.retries} retr{'y' if policy.retries == 1 else 'ies'}"
         node.add(
-            f"runs with: timeout {policy.timeout:g} s, {policy.retries} retries"
+            f"runs with: timeout {policy.timeout:g} s, {retries}"
             if policy
             else "runs with: unknown (a task it uses is not registered)"
         )
@@ -132,9 +133,8 @@ def validate(ctx: typer.Context, file: Path) -> None:
     """Check a pipeline file against the task registry without registering it."""
     plans = state(ctx).client.validate_pipelines(file)
     for plan in plans:
-        console.print(
-            f"[green]valid[/green] {plan.target}: " + " → ".join(s.step_id for s in plan.steps)
-        )
+        stages = [s[0] if len(s) == 1 else "{" + ", ".join(s) + "}" for s in plan.stages()]
+        console.print(f"[green]valid[/green] {plan.target}: " + " → ".join(stages))
 
 
 @app.command()
@@ -162,7 +162,6 @@ def execute(
         timeout=timeout,
         as_json=as_json,
         kind="pipeline",  # a pipeline, even where a task has the same name
-        extra=lambda record: console.print(steps_table(record)),
     )
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from cli.common import console, err_console, print_json, show_record, state
+from cli.common import console, err_console, print_json, show_record, state, steps_table
 from orchestrator import Client
 from orchestrator.client import Kind
 from orchestrator.inputs import parse_input
@@ -50,7 +49,6 @@ def execute(
     timeout: float | None,
     as_json: bool,
     kind: Kind | None = None,
-    extra: Callable[[ExecutionRecord], None] | None = None,
 ) -> None:
     """Submit (printing the id) or run and show the record; shared by run and execute."""
     options = {"priority": priority, "version": version, "kind": kind}
@@ -60,8 +58,8 @@ def execute(
         return
     record = client.run(target, document, timeout=timeout, **options)
     show_record(record, as_json)
-    if extra and not as_json:
-        extra(record)
+    if record.kind == "pipeline" and not as_json:
+        console.print(steps_table(record))
     exit_unless_succeeded(record, timeout)
 
 
@@ -70,8 +68,9 @@ def exit_unless_succeeded(record: ExecutionRecord, timeout: float | None) -> Non
     if record.status == ExecutionStatus.SUCCEEDED:
         return
     if not record.status.terminal:
+        waited = f" after {timeout:g}s" if timeout is not None else ""
         err_console.print(
-            f"still {record.status.value} after {timeout:g}s; follow it with "
+            f"still {record.status.value}{waited}; follow it with "
             f"`wtm executions show {record.execution_id}`"
         )
     raise typer.Exit(1)

@@ -24,9 +24,10 @@ def up(ctx: typer.Context) -> None:
 
 def down(ctx: typer.Context) -> None:
     """Stop everything `wtm up` started for this WTM_HOME."""
-    stopped = stack.down(state(ctx).settings)
+    settings = state(ctx).settings
+    stopped = stack.down(settings)
     if stopped:
-        console.print(f"stopped: {', '.join(stopped)}")
+        console.print(f"stopped {len(stopped)} processes of the stack in {settings.home}")
     else:
         console.print("nothing was running")
 
@@ -58,7 +59,7 @@ def demo(
     with console.status(f"registering the examples, then running the face pipeline on {image}"):
         done = run_demo(client, image, tasks_dir, pipelines_dir)
     for r in done.registered:
-        verb = "registered" if r.changed else "already registered"
+        verb = "registered" if r.changed else "unchanged"
         console.print(f"{verb} {r.kind} {r.name} {r.version} ({r.sha256[:12]})")
     record = done.record
     render_result({"faces": done.faces}, title="faces")

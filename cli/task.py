@@ -111,12 +111,11 @@ def info(
         "tags",
         "requirements",
     ):
-        meta.add(f"{key}: {getattr(spec, key)}")
+        value = getattr(spec, key)
+        meta.add(f"{key}: {'unset' if value is None else value}")
     meta.add(f"sha256: {record.sha256} ({size(record.size)})")
-    meta.add(
-        f"runs with: timeout {policy.timeout:g} s, {policy.retries} retries "
-        "(worker.task_configs, else task.json, else the system defaults)"
-    )
+    retries = f"{policy.retries} retr{'y' if policy.retries == 1 else 'ies'}"
+    meta.add(f"runs with: timeout {policy.timeout:g} s, {retries}")
     for key, schema in (("input_schema", spec.input_schema), ("output_schema", spec.output_schema)):
         branch = tree.add(key)
         for line in json.dumps(schema, indent=2).splitlines():

@@ -36,7 +36,7 @@ from orchestrator.models import (
 )
 from orchestrator.objects import ObjectStore, open_objects
 from orchestrator.pipelines import registry as pipeline_registry
-from orchestrator.pipelines.graph import check_input, compile_plan
+from orchestrator.pipelines.graph import check_input, check_step_inputs, compile_plan
 from orchestrator.pipelinespec import load_file
 from orchestrator.plan import Plan, task_plan, task_queue
 from orchestrator.records import RecordStore, open_records
@@ -125,15 +125,22 @@ class Client:
     ) -> list[TaskRecord]:
         """Delete a task (or one version): its records first, then its archives.
 
-        Refused while a registered pipeline uses the task, unless ``force``.
+        Refused while a registered pipeline uses what would go, unless ``force``: a
+        step pinned to the version, or an unpinned step when the latest version goes.
         """
+        latest = self._tasks.resolve(task_id).version
+
+        def uses(step) -> bool:
+            if step.task_id != task_id:
+                return False
+            return (
+                version is None
+                or step.version == version
+                or (step.version is None and version == latest)
+            )
+
         users = sorted(
-            {
-                p.pipeline_id
-                for p in self.records.list_pipelines()
-                for step in p.spec.steps
-                if step.task_id == task_id and version in (None, step.version)
-            }
+            {p.pipeline_id for p in self.records.list_pipelines() for s in p.spec.steps if uses(s)}
         )
         if users and not force:
             raise ConflictError(
@@ -257,7 +264,9 @@ class Client:
         """
         record = self.execution(execution_id)
         if record.status.terminal:
-            raise ConflictError(f"execution {execution_id} is already {record.status.value}")
+            raise ConflictError(
+                f"execution {execution_id} has already ended ({record.status.value})"
+            )
         r = self._queue()
         r.set(keys.cancel_flag(execution_id), 1, ex=int(self.settings.client.cancel_ttl_s))
         if record.status == ExecutionStatus.QUEUED:  # no dispatcher has it: end it here
@@ -357,6 +366,7 @@ class Client:
         document = shape_input(input_data, required)
         check_input(checks, document, spec.pipeline_id)
         document = resolve_paths(document, cwd or Path.cwd())
+        check_step_inputs(plan, document, self.records.get_task)
         execution = ExecutionRecord(
             execution_id=new_execution_id(),
             kind="pipeline",

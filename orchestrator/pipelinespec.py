@@ -105,11 +105,18 @@ def parse_document(data: Any, source: str) -> list[PipelineSpec]:
         items = data["pipelines"]
         if not isinstance(items, dict) or not items:
             raise SpecError(f"{source}: 'pipelines' must be a non-empty object")
-        return [
-            _parse({"pipeline_id": key, **body, "global_settings": shared}, f"{source} [{key}]")
-            for key, body in items.items()
-        ]
+        return [_parse_entry(key, body, shared, f"{source} [{key}]") for key, body in items.items()]
     return [_parse(data, source)]
+
+
+def _parse_entry(key: str, body: Any, shared: dict[str, Any], where: str) -> PipelineSpec:
+    """One pipeline of a config file: its key is its id (a pipeline_id may only repeat it)."""
+    if not isinstance(body, dict):
+        raise SpecError(f"{where}: expected a JSON object")
+    named = body.get("pipeline_id", key)
+    if named != key:
+        raise SpecError(f"{where}: pipeline_id {named!r} differs from its key {key!r}")
+    return _parse({**body, "pipeline_id": key, "global_settings": shared}, where)
 
 
 def _parse(data: Any, source: str) -> PipelineSpec:

@@ -59,6 +59,16 @@ class Plan(BaseModel):
         used = {d for s in self.steps for d in s.deps}
         return [s.step_id for s in self.steps if s.step_id not in used]
 
+    def stages(self) -> list[list[str]]:
+        """Step ids by how deep in the graph they stand: each stage only needs earlier ones."""
+        depth: dict[str, int] = {}
+        for s in self.steps:  # in dependency order
+            depth[s.step_id] = 1 + max((depth[d] for d in s.deps), default=-1)
+        out: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+        for step_id, d in depth.items():
+            out[d].append(step_id)
+        return out
+
     def pending_steps(self) -> list[StepRecord]:
         """Step records as they stand before anything runs."""
         return [

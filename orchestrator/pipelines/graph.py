@@ -16,10 +16,11 @@ from orchestrator.errors import NotFoundError, SpecError
 from orchestrator.inputs import is_path_field
 from orchestrator.models import TaskRecord
 from orchestrator.pipelines import jsonpath
-from orchestrator.pipelines.mapping import INPUT
+from orchestrator.pipelines.mapping import INPUT, step_input
 from orchestrator.pipelinespec import InputValidation, PipelineSpec, StepSpec
 from orchestrator.plan import Plan, PlannedStep, step_policy
 from orchestrator.policy import Level
+from orchestrator.runner import validate_input
 from orchestrator.settings import Settings
 
 TaskLookup = Callable[[str, str | None], TaskRecord | None]
@@ -107,6 +108,22 @@ def check_input(spec: InputValidation | None, document: Any, where: str) -> None
                 )
 
 
+def check_step_inputs(plan: Plan, document: Any, tasks: TaskLookup) -> None:
+    """Check the input of every step that reads only the pipeline input (a first step)
+    against its task's input_schema, before anything is queued; the other steps'
+    inputs hold upstream outputs, checked on their replicas."""
+    for step in plan.steps:
+        if step.deps:
+            continue
+        record = tasks(step.task_id, step.version)
+        if record is None:  # compile_plan found it a moment ago; it was deleted since
+            raise NotFoundError(f"{plan.target}: step {step.step_id!r}: task {step.task_id!r} gone")
+        where = f"{plan.target} step {step.step_id!r} ({step.task_id}) input"
+        validate_input(
+            record.spec.input_schema, step_input(step.input_mapping, document, {}), where
+        )
+
+
 # checks ----------------------------------------------------------------------
 def _check_ids(steps: list[StepSpec], where: str) -> None:
     seen: set[str] = set()
@@ -192,8 +209,8 @@ def _reads(
         problem = jsonpath.schema_problem(path, records[head].spec.output_schema)
         if problem:
             raise SpecError(
-                f"{where}: step {s.id!r} mapping {field!r} = {text!r}: task "
-                f"{records[head].task_id!r}'s output_schema has {problem}"
+                f"{where}: step {s.id!r} mapping {field!r} = {text!r}: the output_schema "
+                f"of task {records[head].task_id!r} has {problem}"
             )
         if head not in reads:
             reads.append(head)

@@ -50,8 +50,8 @@ def alive(proc: psutil.Process) -> bool:
 
 
 def stop(procs: list[psutil.Process], grace_s: float = 10) -> list[str]:
-    """SIGTERM, then SIGKILL what is left after ``grace_s``; returns their names."""
-    names = sorted({_name(p) for p in procs})
+    """SIGTERM, then SIGKILL what is left after ``grace_s``; returns their names, one each."""
+    names = sorted(_name(p) for p in procs)
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()

@@ -44,7 +44,7 @@ def test_cancelling_a_running_pipeline_stops_it_before_the_next_step(client, tmp
 
     assert record.status == ExecutionStatus.CANCELLED
     assert [s.status for s in record.steps] == ["succeeded", "cancelled"]
-    with pytest.raises(ConflictError, match="already cancelled"):
+    with pytest.raises(ConflictError, match=r"has already ended \(cancelled\)"):
         client.cancel(execution_id)
 
 
@@ -92,3 +92,13 @@ def test_retry_resubmits_with_the_same_input(client, tmp_path, cli_env):
     again = json.loads(result.stdout)
     assert again["execution_id"] != failed.execution_id
     assert again["status"] == "succeeded" and again["result"] == {"echo": 7}
+
+
+def test_retry_and_wait_exits_1_when_the_new_execution_fails_too(client, tmp_path, cli_env):
+    client.register_task(make_task(tmp_path, "always_broken", 'raise FatalError("still")'))
+    failed = client.run("always_broken", {})
+
+    result = runner.invoke(app, ["executions", "retry", failed.execution_id, "--wait"])
+
+    assert result.exit_code == 1, result.output
+    assert "failed" in result.stdout and "still" in result.stdout

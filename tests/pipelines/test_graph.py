@@ -213,7 +213,7 @@ def test_mappings_are_checked_against_the_upstream_tasks_output_schema():
             "input_mapping": {"boxes": "$.detector.faces[*].bboxes"},
         },
     )
-    with pytest.raises(SpecError, match=r"'detector'.s output_schema has no field 'bboxes'"):
+    with pytest.raises(SpecError, match=r"output_schema of task 'detector' has no field 'bboxes'"):
         compile_(typo)
     missing = pipeline(
         {"task_id": "detector"},
@@ -307,3 +307,21 @@ def test_a_missing_pipeline_file_is_not_found_like_a_missing_task_folder(tmp_pat
 def test_a_mapping_reads_only_what_the_output_schema_can_hold(schema, problem):
     found = jsonpath.schema_problem(jsonpath.parse("$.step.b"), schema)
     assert found == problem or (problem and found and found.startswith(problem))
+
+
+def test_a_config_entrys_key_is_its_id_and_a_differing_pipeline_id_is_refused():
+    same = {"pipelines": {"k": {"pipeline_id": "k", "steps": [{"task_id": "a"}]}}}
+    assert parse_document(same, "c.json")[0].pipeline_id == "k"
+    differs = {"pipelines": {"k1": {"pipeline_id": "k2", "steps": [{"task_id": "a"}]}}}
+    with pytest.raises(SpecError, match=r"\[k1\]: pipeline_id 'k2' differs from its key 'k1'"):
+        parse_document(differs, "c.json")
+
+
+def test_stages_group_the_steps_that_may_run_together():
+    spec = pipeline(
+        {"task_id": "a"},
+        {"task_id": "b", "depends_on": ["a"]},
+        {"task_id": "c", "depends_on": ["a"]},
+        {"task_id": "d", "depends_on": ["b", "c"]},
+    )
+    assert compile_(spec).stages() == [["a"], ["b", "c"], ["d"]]

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from orchestrator import templates
-from orchestrator.errors import NotFoundError, SpecError
+from orchestrator.errors import NotFoundError, SpecError, ValidationError
 from orchestrator.models import ExecutionStatus
 from tests.conftest import IMAGES, ROOT, TASK_PKGS, make_task
 
@@ -179,6 +179,9 @@ def test_bad_pipeline_input_is_rejected_before_anything_is_queued(face_client):
         face_client.run("face_processing_pipeline", {"image_path": "photo.gif"})
     with pytest.raises(NotFoundError, match="unknown task or pipeline 'nope_pipeline'"):
         face_client.run("nope_pipeline", {})
+    # The first step reads only the pipeline input: its task's schema is checked up front.
+    with pytest.raises(ValidationError, match=r"step 'sentiment' \(text_sentiment\) input"):
+        face_client.run("text_sentiment_pipeline", "hello")
     assert len(face_client.executions(limit=10_000)) == before
 
 
@@ -250,7 +253,7 @@ def test_pipeline_cli_list_info_validate(face_client, cli_env, tmp_path):
     good = runner.invoke(
         app, ["pipeline", "validate", str(ROOT / "pipelines" / "face_processing_pipeline.json")]
     )
-    assert good.exit_code == 0 and "detection → attributes → features → merge" in good.stdout
+    assert good.exit_code == 0 and "detection → {attributes, features} → merge" in good.stdout
     assert runner.invoke(app, ["pipeline", "info", "cyc"]).exit_code == 3  # nothing stored
 
 
@@ -279,6 +282,10 @@ def test_a_task_a_pipeline_uses_is_not_deleted_without_force(face_client, cli_en
     result = runner.invoke(app, ["task", "delete", "face_merge"])
     assert result.exit_code == 4, result.output
     assert "used by pipeline face_processing_pipeline" in result.stderr
+    # Its steps pin no version: they run the latest, so that version is in use too.
+    latest = face_client.task("face_merge").version
+    result = runner.invoke(app, ["task", "delete", "face_merge", "--version", latest])
+    assert result.exit_code == 4 and "face_processing_pipeline" in result.stderr
     assert face_client.task("face_merge")  # still there
 
 
