@@ -57,7 +57,15 @@ class StackError(OrchestratorError):
 
 
 class EnqueueError(StackError):
-    """Raised when a recorded execution could not be added to its stream (Redis failed)."""
+    """Raised when an execution could not be added to its stream (Redis failed); nothing
+    of it is kept."""
+
+
+class StoreUnavailable(StackError):
+    """Raised when Redis or the records store cannot be reached or is locked right now.
+
+    Transient by nature: the dispatcher retries it in place; a client reports it.
+    """
 
 
 class ReplicaUnavailable(OrchestratorError):

@@ -85,7 +85,7 @@ def test_the_seeds_database_and_minio_sections_select_mongo_and_minio(home):
     (home / "config.json").write_text(json.dumps(SEED_SECTIONS))
     settings = Settings(home=home)
 
-    assert settings.records.model_dump() == translated["records"]
+    assert settings.records.model_dump(include=set(translated["records"])) == translated["records"]
     records = open_records(settings)
     objects = open_objects(settings)
     try:

@@ -1,6 +1,8 @@
 """The record store contract and how settings choose an implementation.
 
-Each method is atomic on its own: a reader never sees half a record.
+Each method is atomic on its own: a reader never sees half a record. A store
+that cannot be reached, or stays locked past its timeout, raises
+:class:`~orchestrator.errors.StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class RecordStore(Protocol):
     def save_execution(self, record: ExecutionRecord) -> None:
         """Replace an execution record as a whole."""
 
+    def delete_execution(self, execution_id: str) -> None:
+        """Forget an execution (one that never reached its queue)."""
+
     def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """One execution, or None."""
 
@@ -81,4 +86,4 @@ def open_records(settings: Settings) -> RecordStore:
     from orchestrator.records.sqlite import SqliteRecordStore
 
     path = uri.removeprefix("sqlite:///") if uri else settings.records_file
-    return SqliteRecordStore(path)
+    return SqliteRecordStore(path, settings.records.timeout_s)

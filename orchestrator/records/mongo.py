@@ -16,7 +16,7 @@ import pymongo
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from orchestrator import keys
-from orchestrator.errors import ConflictError, StackError
+from orchestrator.errors import ConflictError, StoreUnavailable
 from orchestrator.models import (
     ExecutionRecord,
     ExecutionStatus,
@@ -39,14 +39,16 @@ _INDEXES: tuple[tuple[str, list[tuple[str, int]]], ...] = (
 
 
 def _reachable(method: F) -> F:
-    """Turn a lost or unreachable server into a one-line StackError."""
+    """Turn a lost or unreachable server into a one-line StoreUnavailable (retryable)."""
 
     @functools.wraps(method)
     def wrapper(self: MongoRecordStore, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except ConnectionFailure as e:
-            raise StackError(f"cannot reach MongoDB at {self.where}: {type(e).__name__}") from e
+            raise StoreUnavailable(
+                f"cannot reach MongoDB at {self.where}: {type(e).__name__}"
+            ) from e
 
     return wrapper  # type: ignore[return-value]
 
@@ -159,6 +161,10 @@ class MongoRecordStore:
     def save_execution(self, record: ExecutionRecord) -> None:
         doc = _execution_doc(record)
         self._coll(keys.EXECUTIONS).replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    @_reachable
+    def delete_execution(self, execution_id: str) -> None:
+        self._coll(keys.EXECUTIONS).delete_one({"_id": execution_id})
 
     @_reachable
     def get_execution(self, execution_id: str) -> ExecutionRecord | None:

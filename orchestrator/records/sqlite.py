@@ -6,11 +6,12 @@ sorted on, so the schema never lags behind the pydantic models.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from pathlib import Path
 
-from orchestrator.errors import ConflictError
+from orchestrator.errors import ConflictError, StoreUnavailable
 from orchestrator.models import (
     ExecutionRecord,
     ExecutionStatus,
@@ -36,11 +37,36 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 
 
+def _reachable(cls: type) -> type:
+    """Turn "database is locked" (and any other operational failure) into StoreUnavailable.
+
+    A writer waits ``timeout_s`` for another's lock first; past that the store
+    counts as unavailable for now, which callers may retry (the dispatcher does).
+    """
+
+    def wrap(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.OperationalError as e:
+                raise StoreUnavailable(f"records store {self.path} unavailable: {e}") from e
+
+        return wrapper
+
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith("_") and name != "close":
+            setattr(cls, name, wrap(value))
+    return cls
+
+
+@_reachable
 class SqliteRecordStore:
     """Record store in one SQLite file, safe across threads and processes."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, timeout_s: float = 10.0):
         self.path = Path(path)
+        self.timeout_s = timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._conn() as conn:
@@ -50,7 +76,7 @@ class SqliteRecordStore:
         # One connection per thread: sqlite3 connections must not be shared.
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
@@ -146,6 +172,9 @@ class SqliteRecordStore:
         self._conn().execute(
             "INSERT OR REPLACE INTO executions VALUES (?, ?, ?, ?, ?)", _row(record)
         )
+
+    def delete_execution(self, execution_id: str) -> None:
+        self._conn().execute("DELETE FROM executions WHERE execution_id = ?", (execution_id,))
 
     def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         row = (

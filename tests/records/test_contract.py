@@ -6,6 +6,7 @@ ones marked as backend-specific runs against each of them.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import keys
-from orchestrator.errors import ConflictError
+from orchestrator.errors import ConflictError, StoreUnavailable
 from orchestrator.models import (
     ExecutionRecord,
     ExecutionStatus,
@@ -231,6 +232,17 @@ def test_save_execution_replaces_the_record_as_a_whole(store):
     assert store.list_executions(status=ExecutionStatus.SUCCEEDED) == [finished]
 
 
+def test_delete_execution_forgets_only_that_one(store):
+    kept, gone = execution(1000.0), execution(1001.0)
+    store.insert_execution(kept)
+    store.insert_execution(gone)
+    store.delete_execution(gone.execution_id)
+    store.delete_execution(new_execution_id())  # unknown: nothing to do
+
+    assert store.get_execution(gone.execution_id) is None
+    assert store.list_executions() == [kept]
+
+
 def test_get_execution_missing_is_none(store):
     assert store.get_execution(new_execution_id()) is None
 
@@ -326,6 +338,25 @@ def test_sqlite_data_survives_reopening_the_file(tmp_path):
         assert reopened.list_workers() == [w]
     finally:
         reopened.close()
+
+
+def test_sqlite_locked_past_its_timeout_is_unavailable_and_nothing_is_written(tmp_path):
+    path = tmp_path / "records.db"
+    store = SqliteRecordStore(path, timeout_s=0.2)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
+    record = execution(1000.0)
+    try:
+        with pytest.raises(StoreUnavailable, match="database is locked"):
+            store.insert_execution(record)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+    assert store.get_execution(record.execution_id) is None
+    store.insert_execution(record)  # the lock is gone: the same call succeeds
+    assert store.get_execution(record.execution_id) == record
+    store.close()
 
 
 # MongoDB only ------------------------------------------------------------------
