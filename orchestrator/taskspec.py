@@ -71,6 +71,11 @@ class TaskSpec(BaseModel):
     batch: Batch | None = None
     runtime_env: dict[str, Any] | None = None
 
+    @property
+    def calls_at_once(self) -> int:
+        """How many calls one replica runs at once (a batching one takes a batch's worth)."""
+        return max(self.replicas.max_concurrency, self.batch.max_size if self.batch else 1)
+
 
 def parse_spec(data: Any, source: str) -> TaskSpec:
     """Validate a task.json document; errors name the file and the field."""

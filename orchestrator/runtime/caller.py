@@ -1,9 +1,10 @@
 """The Ray executor: one attempt of a step on the least-loaded replica of its task.
 
-A call past its timeout gets its replica killed and replaced (Ray cannot
-interrupt a running method); a replica that died is replaced too. Either
-way the attempt's outcome says so, and the driver's policy decides whether
-to try again.
+The replica keeps the step's timeout (from the call's start there) and flags
+a call that outlived it as hung; the caller then has the replica killed and
+replaced (Ray cannot interrupt a running method). A replica that died is
+replaced too. Either way the attempt's outcome says so, and the driver's
+policy decides whether to try again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import ray
 
 from orchestrator import lifecycle
-from orchestrator.errors import Cancelled, OrchestratorError, TaskTimeoutError
+from orchestrator.errors import Cancelled, OrchestratorError
 from orchestrator.plan import PlannedStep
 from orchestrator.runtime.calls import CancelCheck, Outcome, StepCall, failure
 from orchestrator.runtime.router import Router
@@ -50,13 +51,7 @@ class Caller:
             if await cancelled():
                 raise Cancelled(lifecycle.CANCELLED_BY_USER)
             outcome_ref, result_ref = replica.run_step.remote(call, *args)
-            outcome = await asyncio.wait_for(outcome_ref, step.policy.timeout)
-        except asyncio.TimeoutError:
-            self.router.failed(step, name, "timeout")
-            err = TaskTimeoutError(
-                f"task {step.task_id} exceeded its timeout of {step.policy.timeout:g}s"
-            )
-            return failure(name, started, err, retryable=True), None
+            outcome = await outcome_ref
         except ray.exceptions.RayActorError as e:
             self.router.failed(step, name, "died")
             return failure(name, started, e, retryable=True, message=f"replica {name} died"), None
@@ -64,6 +59,10 @@ class Caller:
             return failure(name, started, e, message=f"{type(e).__name__}: {e}"), None
         finally:
             self.router.release(step, name)
+        if outcome.hung:
+            self.router.failed(
+                step, name, f"a call outlived its timeout of {step.policy.timeout:g}s"
+            )
         if outcome.broken:
             self.router.failed(step, name, "could not load its task")
         return outcome, result_ref

@@ -23,6 +23,8 @@ class StepCall:
     input_mapping: dict[str, str] | None = None
     cache: bool = False
     keep_as: str | None = None  # object key to keep the output under, for resuming
+    timeout: float | None = None  # seconds from the call's start on its replica
+    call_key: str | None = None  # one execution's step: a redelivered call joins a running one
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Outcome:
     error_message: str | None = None
     retryable: bool = False
     broken: bool = False  # the replica could not load its task
+    hung: bool = False  # the call outlived its timeout: its replica must be replaced
     memory: int | None = None
     cache_hit: bool = False
 

@@ -4,17 +4,28 @@ The replica never raises into Ray: every call returns an
 :class:`~orchestrator.runtime.calls.Outcome`, so the dispatcher sees the
 task's own error type and whether it is retryable, without unpickling user
 exception classes.
+
+Limits are kept here, where the call runs, so any number of dispatchers can
+share a replica: Ray runs at most ``calls_at_once`` calls of it at a time (the
+rest wait in Ray's queue), and a step's timeout counts from the moment its
+call starts here, not from when a dispatcher sent it. The task body runs in a
+thread of its own; a call that outlives its timeout is answered with a
+timeout, flagged ``hung``, and the replica is replaced (a thread cannot be
+interrupted).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import statistics
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +33,7 @@ import psutil
 import ray
 
 from orchestrator import keys
+from orchestrator.errors import TaskTimeoutError
 from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
 from orchestrator.objects import open_objects
 from orchestrator.pipelines.mapping import step_input
@@ -53,6 +65,9 @@ class Replica:
         self._records = open_records(settings)
         self._stats = _Stats()
         self._lock = threading.Lock()
+        # Task bodies run here, so a call can stop waiting for one at its timeout.
+        self._bodies = ThreadPoolExecutor(record.spec.calls_at_once + 2, "wtm-task")
+        self._flights: dict[str, Future] = {}  # call_key -> the body running for it
         self._beat(WorkerState.LOADING)
         self._objects = open_objects(settings)
         self.runner: TaskRunner | None = None
@@ -112,16 +127,47 @@ class Replica:
             data = self._objects.get(keys.DATA_BUCKET, key)
             if step.keep_as:  # a hit is a finished step too: a claimed job resumes after it
                 self._objects.put(keys.DATA_BUCKET, step.keep_as, data)
-            outcome = Outcome(True, self.worker_id, self.node, started, time.time())
-            outcome.cache_hit = True
-            return outcome, json.loads(data)
-        outcome = self.call(document)
+            return self._hit(started), json.loads(data)
+        if step.keep_as and self._objects.exists(keys.DATA_BUCKET, step.keep_as):
+            # A redelivered step that finished after its dispatcher died: not run again.
+            return self._hit(started), json.loads(self._objects.get(keys.DATA_BUCKET, step.keep_as))
+        outcome = self._timed(step, document, started)
         result, outcome.result = outcome.result, None
         if outcome.ok and (key or step.keep_as):
             data = json.dumps(result).encode()
             for target in filter(None, (key, step.keep_as)):
                 self._objects.put(keys.DATA_BUCKET, target, data)
         return outcome, result
+
+    def _timed(self, step: StepCall, document: Any, started: float) -> Outcome:
+        """Run the body in its own thread and wait for it until the step's timeout.
+
+        One execution's step runs once here however often it is sent: a call
+        redelivered while the first still runs (its dispatcher died) joins it.
+        """
+        key = step.call_key
+        with self._lock:
+            flight = self._flights.get(key) if key else None
+            if flight is None:
+                flight = self._bodies.submit(self.call, document)
+                if key:
+                    self._flights[key] = flight
+                    flight.add_done_callback(lambda _f: self._flights.pop(key, None))
+        remaining = None if step.timeout is None else step.timeout - (time.time() - started)
+        try:
+            return dataclasses.replace(flight.result(timeout=remaining))  # a copy per caller
+        except FutureTimeout:
+            error = TaskTimeoutError(
+                f"task {self.record.task_id} exceeded its timeout of {step.timeout:g}s"
+            )
+            outcome = self._failed(started, error, retryable=True)
+            outcome.hung = True
+            return outcome
+
+    def _hit(self, started: float) -> Outcome:
+        outcome = Outcome(True, self.worker_id, self.node, started, time.time())
+        outcome.cache_hit = True
+        return outcome
 
     def _cache_key(self, document: Any) -> str:
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)

@@ -80,9 +80,8 @@ def attempt(source, planned, document, cancelled=False):
         async def is_cancelled():
             return cancelled
 
-        outcome, ref = await caller.attempt(
-            planned, StepCall("probe"), (ray.put(document),), is_cancelled
-        )
+        call = StepCall("probe", timeout=planned.policy.timeout)
+        outcome, ref = await caller.attempt(planned, call, (ray.put(document),), is_cancelled)
         value = await ref if ref is not None else None
         return outcome, value, router.routes
 
@@ -104,7 +103,7 @@ def test_a_call_past_its_timeout_fails_retryably_and_has_the_replica_replaced(re
     assert not outcome.ok and outcome.retryable and value is None
     assert outcome.error_type == "TaskTimeoutError"
     assert "caller_probe" in outcome.error_message and "1s" in outcome.error_message
-    assert source.failures == [(name, "timeout")]
+    assert source.failures == [(name, "a call outlived its timeout of 1s")]
 
 
 def test_a_replica_killed_mid_call_fails_the_attempt_retryably(replica, tmp_path):
