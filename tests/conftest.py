@@ -32,7 +32,7 @@ def stack_settings(wtm_home) -> Settings:
     settings = Settings(
         home=wtm_home,
         controller={"idle_timeout_s": 4, "heartbeat_s": 1},
-        dispatcher={"claim_idle_ms": 3000, "max_deliveries": 3},
+        dispatcher={"heartbeat_s": 1, "max_deliveries": 3},
     )
     stack.up(settings)
     try:

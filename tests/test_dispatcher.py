@@ -46,7 +46,12 @@ def settings(tmp_path, redis_url) -> Settings:
     return Settings(
         home=tmp_path,
         redis={"url": redis_url},
-        dispatcher={"block_ms": 100, "claim_idle_ms": 300, "max_deliveries": 2, "concurrency": 1},
+        dispatcher={
+            "block_ms": 100,
+            "heartbeat_s": 0.3,
+            "max_deliveries": 2,
+            "concurrency": 1,
+        },
     )
 
 
@@ -60,8 +65,11 @@ class Running:
         self.thread.start()
         self.dispatcher = self._call(self._start(settings))
 
+    count = 0
+
     async def _start(self, settings: Settings) -> Dispatcher:
-        dispatcher = Dispatcher(settings, "unit", executor=self.executor)
+        Running.count += 1  # a consumer name of its own: no test takes up another's entries
+        dispatcher = Dispatcher(settings, f"unit-{Running.count}", executor=self.executor)
         await dispatcher.start()
         return dispatcher
 
@@ -247,3 +255,40 @@ def test_a_job_whose_run_keeps_failing_in_the_dispatcher_is_dead_lettered_not_st
     assert record.status == ExecutionStatus.DEAD_LETTERED
     assert record.steps[0].status.terminal  # no step is left looking like it runs
     assert pending(settings, "q_doomed") == 0
+
+
+def test_a_saturated_dispatcher_never_runs_a_job_twice(settings, tmp_path):
+    # Two slots, take-over rounds far more often than a job lasts: an entry read
+    # but not tracked (waiting for a slot in memory) would be taken up again by
+    # the same dispatcher and run twice at once.
+    busy = settings.model_copy(
+        update={
+            "dispatcher": settings.dispatcher.model_copy(
+                update={"concurrency": 2, "heartbeat_s": 0.2}
+            )
+        }
+    )
+    runs = tmp_path / "runs.log"
+
+    async def slow(document):
+        with runs.open("a") as f:  # one line per run of the task body
+            f.write(document["who"] + "\n")
+        await asyncio.sleep(1.0)
+        return {"done": document["who"]}
+
+    jobs = [prepare(busy, f"slow{i}", "q_saturated") for i in range(6)]
+    executor = LocalExecutor({f"slow{i}": slow for i in range(6)})
+    for job in jobs:
+        send(busy, job)
+    running = Running(busy, {}, executor=executor)
+    try:
+        for job in jobs:
+            wait_until(lambda j=job: status(busy, j.execution_id).terminal, what="every job")
+    finally:
+        running.close()
+    lines = runs.read_text().split()
+    assert sorted(lines) == sorted(f"slow{i}" for i in range(6))  # each body ran once
+    records = [open_records(busy).get_execution(j.execution_id) for j in jobs]
+    assert {r.status for r in records} == {ExecutionStatus.SUCCEEDED}
+    assert {r.deliveries for r in records} == {1}
+    assert pending(busy, "q_saturated") == 0

@@ -81,13 +81,23 @@ class Driver:
         return verdict
 
     async def _resume(self, run: _Run) -> None:
-        """A claimed execution reuses the outputs its finished steps kept; the rest run again."""
+        """A redelivered execution reuses the outputs its finished steps kept; the rest run again.
+
+        A step the last delivery left running counts that attempt. If its replica
+        finished it after that delivery stopped watching, its kept output is used
+        and it does not run again.
+        """
         for sr in run.record.steps:
             if sr.status == StepStatus.PENDING:
                 continue
-            if sr.status == StepStatus.SUCCEEDED and run.plan.keep_outputs:
+            interrupted = sr.status == StepStatus.RUNNING
+            if interrupted:
+                sr.attempts += 1
+            if sr.status in (StepStatus.SUCCEEDED, StepStatus.RUNNING) and run.plan.keep_outputs:
                 output = await self.store.kept_output(run.record.execution_id, sr.step_id)
                 if output is not None:
+                    if interrupted:
+                        lifecycle.step_ended(sr, StepStatus.SUCCEEDED, time.time())
                     run.outputs[sr.step_id] = self.executor.put(output)
                     run.done[sr.step_id].set()
                     continue
@@ -119,6 +129,8 @@ class Driver:
             step.input_mapping,
             run.plan.caching,
             keep_as if run.plan.keep_outputs else None,
+            step.policy.timeout,
+            keep_as,
         )
         args = (run.input_ref, *(run.outputs[r] for r in step.reads))
         cancelled = functools.partial(self.store.cancelled, run.record.execution_id)

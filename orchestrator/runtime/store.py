@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -20,6 +21,9 @@ from orchestrator.lifecycle import Event
 from orchestrator.models import ExecutionRecord
 from orchestrator.objects import ObjectStore
 from orchestrator.records import RecordStore
+from orchestrator.resilience import TRANSIENT, persist
+
+log = logging.getLogger("wtm.store")
 
 
 class RunStore(Protocol):
@@ -39,7 +43,11 @@ class RecordsRunStore:
     """The dispatcher's store: records, the object store for outputs, Redis for events.
 
     The records and the object store are blocking clients: every call runs in a
-    thread, so the dispatcher's event loop never waits on them.
+    thread, so the dispatcher's event loop never waits on them. A transient
+    fault (Redis restarting, the records locked) is retried in place until it
+    passes: the job that asked keeps its place and its progress. Events are
+    the exception: they are advice to waiting clients (who also read the
+    records), so one that cannot be published is dropped.
     """
 
     def __init__(
@@ -51,17 +59,25 @@ class RecordsRunStore:
         self.inline_bytes = inline_bytes
 
     async def load(self, execution_id: str) -> ExecutionRecord | None:
-        return await asyncio.to_thread(self.records.get_execution, execution_id)
+        return await persist(
+            lambda: asyncio.to_thread(self.records.get_execution, execution_id),
+            f"reading execution {execution_id}",
+            log,
+        )
 
     async def save(self, record: ExecutionRecord, event: Event) -> None:
-        await asyncio.to_thread(self.records.save_execution, record)
+        await self._write(record)
         await self.publish(event)
 
     async def publish(self, event: Event) -> None:
-        await self.redis.publish(keys.events(event.execution_id), event.encode())
+        try:
+            await self.redis.publish(keys.events(event.execution_id), event.encode())
+        except TRANSIENT as e:
+            log.info("event of %s not published: %s", event.execution_id, e)
 
     async def cancelled(self, execution_id: str) -> bool:
-        return bool(await self.redis.exists(keys.cancel_flag(execution_id)))
+        flag = keys.cancel_flag(execution_id)
+        return bool(await persist(lambda: self.redis.exists(flag), "reading a cancel flag", log))
 
     async def kept_output(self, execution_id: str, step_id: str) -> Any | None:
         key = keys.step_output_key(execution_id, step_id)
@@ -74,13 +90,22 @@ class RecordsRunStore:
     async def finish(self, record: ExecutionRecord, kept_outputs: bool) -> None:
         """Write the terminal record (a large result goes to the object store first).
 
-        Once it is written nothing can resume the execution, so the outputs its
-        steps kept for that are removed.
+        The outcome is held here until the write succeeds, however long the
+        records are away: a job whose result is known is never run again for
+        want of its record. Once it is written nothing can resume the
+        execution, so the outputs its steps kept for that are removed.
         """
         await asyncio.to_thread(self._offload_result, record)
-        await asyncio.to_thread(self.records.save_execution, record)
+        await self._write(record)
         if kept_outputs:
             await asyncio.to_thread(self._forget_kept, record)
+
+    async def _write(self, record: ExecutionRecord) -> None:
+        await persist(
+            lambda: asyncio.to_thread(self.records.save_execution, record),
+            f"writing execution {record.execution_id}",
+            log,
+        )
 
     def _offload_result(self, record: ExecutionRecord) -> None:
         if record.result is None:
