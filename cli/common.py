@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+import redis
 import typer
 from pydantic import BaseModel
 from rich.console import Console
@@ -32,10 +33,15 @@ class CleanErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except OrchestratorError as e:
-            err_console.print(
-                f"[red]Error:[/red] {e}", markup=True, highlight=False, soft_wrap=True
-            )
+            _error(str(e))
             raise typer.Exit(e.exit_code) from e
+        except redis.RedisError as e:  # Redis went away mid-command
+            _error(f"cannot reach Redis: {type(e).__name__}: {e}")
+            raise typer.Exit(1) from e
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[red]Error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
 
 
 class AppState:

@@ -8,6 +8,7 @@ record.result["face_count"]
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -21,12 +22,12 @@ from orchestrator.errors import (
     ExecutionFailed,
     InputError,
     NotFoundError,
+    StoreUnavailable,
 )
 from orchestrator.inputs import resolve_paths, shape_input, upload_files
 from orchestrator.intake import Job, enqueue
 from orchestrator.lifecycle import Event
 from orchestrator.models import (
-    ErrorInfo,
     ExecutionRecord,
     ExecutionStatus,
     PipelineRecord,
@@ -40,6 +41,7 @@ from orchestrator.pipelines.graph import check_input, check_step_inputs, compile
 from orchestrator.pipelinespec import load_file
 from orchestrator.plan import Plan, task_plan, task_queue
 from orchestrator.records import RecordStore, open_records
+from orchestrator.resilience import redis_client
 from orchestrator.runner import TaskRunner, validate_input
 from orchestrator.settings import Settings, load_settings
 from orchestrator.workers import worker_status
@@ -80,7 +82,7 @@ class Client:
                 self.settings = stack.ensure(self.settings, self._notify)
             else:
                 self.settings = stack.resolve(self.settings)
-            self._redis = redis.Redis.from_url(self.settings.redis.url)
+            self._redis = redis_client(self.settings.redis.url)
         return self
 
     def close(self) -> None:
@@ -381,28 +383,34 @@ class Client:
         return execution, plan
 
     def _enqueue(self, execution: ExecutionRecord, plan: Plan) -> None:
-        """Record first, then the stream: a dispatcher always finds the record."""
+        """Record first, then the stream: a dispatcher always finds the record.
+
+        If the stream cannot be reached the record is taken back: a job that was
+        never enqueued leaves nothing behind (no record stuck ``queued``).
+        """
         r = self._queue()  # may start the embedded stack: that is not queue time
         execution.submitted_at = time.time()
         self.records.insert_execution(execution)
         try:
             enqueue(r, Job.of(execution, plan))
         except redis.RedisError as e:
-            failed = EnqueueError(f"could not enqueue on Redis: {e}")
-            error = ErrorInfo(type=type(failed).__name__, message=str(failed))
-            lifecycle.fail(execution, error, time.time())
-            self.records.save_execution(execution)
-            raise failed from e
+            self.records.delete_execution(execution.execution_id)
+            raise EnqueueError(
+                f"could not enqueue on Redis ({type(e).__name__}: {e}); nothing was submitted"
+            ) from e
 
-    def _subscribe(self, execution_id: str):
-        pubsub = self._queue().pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(keys.events(execution_id))
-        return _Closing(pubsub)
+    def _subscribe(self, execution_id: str) -> _Events:
+        return _Events(self._queue(), keys.events(execution_id))
 
-    def _wait(self, execution_id: str, events, timeout: float | None) -> ExecutionRecord:
+    def _wait(self, execution_id: str, events: _Events, timeout: float | None) -> ExecutionRecord:
+        """Wait on the events, reading the record after each (and every ``poll_s`` anyway).
+
+        Redis going away only slows the wait down to polling the records; the
+        records going away is waited out for ``client.outage_s``, then reported.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            record = self.execution(execution_id)
+            record = self._read_through_outage(execution_id)
             if record.status.terminal:
                 return record
             wait = self.settings.client.poll_s
@@ -410,22 +418,64 @@ class Client:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     return record
-            message = events.get_message(timeout=wait)
+            events.wait_for_terminal(wait)
+
+    def _read_through_outage(self, execution_id: str) -> ExecutionRecord:
+        give_up = time.monotonic() + self.settings.client.outage_s
+        while True:
+            try:
+                return self.execution(execution_id)
+            except StoreUnavailable:
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(self.settings.client.poll_s)
+
+
+class _Events:
+    """An execution's event channel, subscribed again after Redis comes back."""
+
+    def __init__(self, r: redis.Redis, channel: str):
+        self.redis = r
+        self.channel = channel
+        self.pubsub = None
+        self._connect()
+
+    def _connect(self) -> None:
+        try:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(self.channel)
+            self.pubsub = pubsub
+        except redis.RedisError:
+            self.pubsub = None  # polling the records until Redis answers again
+
+    def wait_for_terminal(self, seconds: float) -> None:
+        """Return on a terminal event, or after ``seconds``."""
+        if self.pubsub is None:
+            time.sleep(seconds)
+            self._connect()
+            return
+        try:
+            message = self.pubsub.get_message(timeout=seconds)
             while message is not None and not _terminal(message):
-                message = events.get_message(timeout=0)
+                message = self.pubsub.get_message(timeout=0)
+        except redis.RedisError:
+            self.close()
+            time.sleep(min(seconds, 1.0))
+            self._connect()
+
+    def close(self) -> None:
+        if self.pubsub is not None:
+            with contextlib.suppress(Exception):
+                self.pubsub.close()
+            self.pubsub = None
+
+    def __enter__(self) -> _Events:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _terminal(message: dict) -> bool:
     event = Event.decode(message["data"])
     return event is not None and event.status.terminal
-
-
-class _Closing:
-    def __init__(self, pubsub):
-        self.pubsub = pubsub
-
-    def __enter__(self):
-        return self.pubsub
-
-    def __exit__(self, *exc):
-        self.pubsub.close()

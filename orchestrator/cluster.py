@@ -8,8 +8,8 @@ starts, runs in a short-lived child process (:func:`deploy`,
 :func:`remove_actors`), so a process can start or stop a second stack while
 it drives the first.
 
-Run as ``python -m orchestrator.cluster deploy|remove`` with the settings as
-JSON on stdin (never on the command line: they may hold passwords).
+Run as ``python -m orchestrator.cluster deploy|ensure|remove`` with the
+settings as JSON on stdin (never on the command line: they may hold passwords).
 """
 
 from __future__ import annotations
@@ -80,9 +80,14 @@ def _this_machine(host: str) -> bool:
     return address.is_loopback or str(address) in mine
 
 
-def deploy(settings: Settings) -> list[str]:
-    """Start the controller and the dispatchers (idempotent); returns the dispatchers."""
-    return json.loads(_in_child("deploy", settings))
+def deploy(settings: Settings, replace: bool = True) -> list[str]:
+    """Start the controller and the dispatchers; returns the dispatchers.
+
+    Idempotent. With ``replace`` (``wtm up``) one running with other settings
+    is replaced; without it (whoever notices the control plane gone and puts
+    it back) only what is missing is started.
+    """
+    return json.loads(_in_child("deploy" if replace else "ensure", settings))
 
 
 def remove_actors(settings: Settings) -> None:
@@ -119,12 +124,12 @@ def _in_child(verb: str, settings: Settings) -> str:
     return answers[-1].removeprefix(_RESULT)
 
 
-def _deploy_here(settings: Settings) -> list[str]:
+def _deploy_here(settings: Settings, replace: bool) -> list[str]:
     from orchestrator import dispatcher
     from orchestrator.runtime import controller
 
-    controller.deploy(settings)
-    return dispatcher.deploy(settings)
+    controller.deploy(settings, replace)
+    return dispatcher.deploy(settings, replace)
 
 
 def _remove_here(settings: Settings) -> None:
@@ -139,15 +144,19 @@ def _remove_here(settings: Settings) -> None:
 def main(argv: list[str]) -> int:
     """The child's side: connect, do one thing, print its result as JSON."""
     verb = argv[0] if argv else ""
-    if verb not in ("deploy", "remove"):
+    if verb not in ("deploy", "ensure", "remove"):
         print(
-            f"usage: python -m orchestrator.cluster deploy|remove (got {verb!r})", file=sys.stderr
+            f"usage: python -m orchestrator.cluster deploy|ensure|remove (got {verb!r})",
+            file=sys.stderr,
         )
         return 2
     settings = Settings(**json.loads(sys.stdin.read()))
     try:
         connect(settings)
-        result = _deploy_here(settings) if verb == "deploy" else _remove_here(settings)
+        if verb == "remove":
+            result = _remove_here(settings)
+        else:
+            result = _deploy_here(settings, replace=verb == "deploy")
     except Exception as e:  # noqa: BLE001 - the parent shows the last line
         print(f"{_ERROR}{type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -5,13 +5,21 @@ For each task version it keeps a set of named detached replicas
 sized by the demand dispatchers report; replaces replicas that die or hang;
 and drains idle ones. Its loop reads as named steps and never blocks on a
 Ray result: every probe is awaited with a timeout.
+
+It keeps nothing that cannot be rebuilt: Ray restarts it when its process
+dies, and the new one adopts every named replica still alive, so running
+replicas (and their loaded models) survive it. It publishes a heartbeat with
+its replica sets to Redis for ``wtm health``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +31,7 @@ from orchestrator.errors import NotFoundError, ReplicaUnavailable
 from orchestrator.models import TaskRecord, WorkerState
 from orchestrator.policy import desired_replicas, replicas_for
 from orchestrator.records import open_records
+from orchestrator.resilience import async_redis
 from orchestrator.runtime.replica import Replica
 from orchestrator.runtime.router import ReplicaView
 from orchestrator.settings import Settings
@@ -38,11 +47,7 @@ ReplicaActor = ray.remote(concurrency_groups={"control": 2})(Replica)
 def actor_options(spec: TaskSpec) -> dict[str, Any]:
     """Ray actor options from a task's resources and replica settings."""
     r = spec.resources
-    options: dict[str, Any] = {
-        "max_concurrency": max(
-            spec.replicas.max_concurrency, spec.batch.max_size if spec.batch else 1
-        ),
-    }
+    options: dict[str, Any] = {"max_concurrency": spec.calls_at_once}
     if r.num_cpus is not None:
         options["num_cpus"] = r.num_cpus
     if r.num_gpus is not None:
@@ -71,6 +76,7 @@ class ReplicaSet:
     last_error: str | None = None
     last_needed: float = field(default_factory=time.monotonic)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    silent: dict[str, int] = field(default_factory=dict)  # replica -> probes unanswered in a row
 
     @property
     def key(self) -> str:
@@ -99,13 +105,22 @@ class Controller:
         self.records = open_records(settings)
         self.sets: dict[str, ReplicaSet] = {}
         self.reports: dict[str, tuple[float, dict[str, int]]] = {}
+        self.redis = async_redis(settings.redis.url) if settings.redis.url else None
         self._loop_task: asyncio.Task | None = None
         self._prober: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
+        """Adopt the replicas alive on the cluster, then run the loops (idempotent)."""
         if self._loop_task is None:
             self._loop_task = self._background(self._control_loop())
+            await self._adopt_all()
+            self._background(self._heartbeat())
+
+    async def ping(self) -> dict[str, Any]:
+        from orchestrator.dispatcher import settings_digest
+
+        return {"pid": os.getpid(), "settings": settings_digest(self.settings)}
 
     # API for dispatchers and the CLI -----------------------------------------
     async def replicas(self, task_id: str, version: str, sha256: str | None = None) -> ReplicaView:
@@ -194,6 +209,7 @@ class Controller:
                 "min": rs.low,
                 "max": self._high(rs),
                 "demand": self._demand(k),
+                "last_error": rs.last_error,
             }
             for k, rs in sorted(self.sets.items())
         ]
@@ -247,11 +263,45 @@ class Controller:
                 await self._forget_worker(name)
 
     async def _probe_all(self) -> None:
-        """Replace ready replicas whose process is gone."""
+        """Replace ready replicas whose process is gone, or that stopped answering."""
         for rs in list(self.sets.values()):
             for name, handle in list(rs.ready.items()):
-                if await self._probe(handle, "ping") is _DEAD:
+                answer = await self._probe(handle, "ping")
+                rs.silent[name] = rs.silent.get(name, 0) + 1 if answer is None else 0
+                if answer is _DEAD:
                     await self.replica_failed(rs.key, name, "replica process died")
+                elif rs.silent[name] >= HUNG_AFTER_PROBES:
+                    timeout = self.cfg.probe_timeout_s * HUNG_AFTER_PROBES
+                    await self.replica_failed(rs.key, name, f"hung: no answer for {timeout:g}s")
+
+    async def _heartbeat(self) -> None:
+        """Say in Redis that the controller is alive, with its sets, for `wtm health`."""
+        if self.redis is None:
+            return
+        ttl = max(1, math.ceil(self.cfg.heartbeat_s * 3))
+        while True:
+            beat = {"pid": os.getpid(), "at": time.time(), "sets": await self.status()}
+            try:
+                await self.redis.set(keys.CONTROLLER_ALIVE, json.dumps(beat), ex=ttl)
+            except Exception as e:  # noqa: BLE001 - Redis restarting: beat again next time
+                log.warning("heartbeat failed: %s", e)
+            await asyncio.sleep(self.cfg.heartbeat_s)
+
+    async def _adopt_all(self) -> None:
+        """Rebuild the replica sets from the named replicas alive on the cluster."""
+        names = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == self.settings.ray.namespace and keys.is_replica(a["name"])
+        ]
+        for task_id, version in sorted({keys.replica_set_of(n) for n in names}):
+            try:
+                await self._set(task_id, version)
+            except NotFoundError:  # its task was deleted: the replicas go too
+                for name in names:
+                    if keys.replica_set_of(name) == (task_id, version):
+                        with contextlib.suppress(Exception):
+                            ray.kill(ray.get_actor(name, namespace=self.settings.ray.namespace))
 
     # steps -------------------------------------------------------------------
     async def _set(self, task_id: str, version: str) -> ReplicaSet:
@@ -363,21 +413,64 @@ class Controller:
 
 
 _DEAD = object()
+HUNG_AFTER_PROBES = 3  # a replica that misses this many probes in a row is replaced
 
 
-def deploy(settings: Settings) -> Any:
-    """Start the controller (idempotent) and return its handle."""
+class ControllerActor(Controller):
+    """The controller as a Ray actor: it starts itself, so one that Ray restarts
+    after its process died adopts the live replicas and serves again."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        ray.get_runtime_context().current_actor.start.remote()
+
+
+def deploy(settings: Settings, replace: bool = True) -> Any:
+    """Start the controller and return its handle.
+
+    Idempotent: a running controller is kept, unless ``replace`` and it runs
+    with other settings (the replicas outlive the swap; the new one adopts them).
+    """
+    from orchestrator.dispatcher import settings_digest
+
+    namespace = settings.ray.namespace
+    with contextlib.suppress(ValueError):  # ValueError: no controller yet
+        running = ray.get_actor(keys.CONTROLLER, namespace=namespace)
+        if not replace:
+            return running
+        try:
+            same = ray.get(running.ping.remote(), timeout=60)["settings"] == settings_digest(
+                settings
+            )
+        except (ray.exceptions.RayError, KeyError):
+            same = False
+        if same:
+            return running
+        ray.kill(running, no_restart=True)
+        _wait_gone(keys.CONTROLLER, namespace)
     handle = (
-        ray.remote(Controller)
+        ray.remote(ControllerActor)
         .options(
             name=keys.CONTROLLER,
-            namespace=settings.ray.namespace,
+            namespace=namespace,
             lifetime="detached",
             get_if_exists=True,
             num_cpus=0,
             max_concurrency=1000,
+            max_restarts=-1,  # Ray restarts it when its process dies ...
+            max_task_retries=-1,  # ... and calls made meanwhile wait for the new one
         )
         .remote(settings)
     )
     ray.get(handle.start.remote())
     return handle
+
+
+def _wait_gone(name: str, namespace: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return
+        time.sleep(0.1)

@@ -45,19 +45,53 @@ class ReplicaSource(Protocol):
 
 
 class ControllerReplicas:
-    """The controller actor as a :class:`ReplicaSource`."""
+    """The controller actor as a :class:`ReplicaSource`.
 
-    def __init__(self, handle: Any):
-        self.handle = handle
+    Ray restarts the controller when its process dies (and retries calls made
+    meanwhile); if it was replaced instead (``wtm up`` after ``down``, a new
+    head), the old handle is dead for good, so the controller is looked up
+    again by name and the call repeated, until ``wait_s`` has passed.
+    """
+
+    def __init__(self, namespace: str, wait_s: float = 120.0):
+        self.namespace = namespace
+        self.wait_s = wait_s
+        self._handle: Any = None
+
+    def _controller(self) -> Any:
+        import ray
+
+        if self._handle is None:
+            self._handle = ray.get_actor(keys.CONTROLLER, namespace=self.namespace)
+        return self._handle
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        import ray
+
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        while True:
+            try:
+                return await getattr(self._controller(), method).remote(*args)
+            except (
+                ray.exceptions.ActorDiedError,
+                ray.exceptions.ActorUnavailableError,
+                ValueError,
+            ):
+                # ValueError: no controller of that name (yet); died: replaced since
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                self._handle = None
+                await asyncio.sleep(0.5)
 
     async def replicas(self, task_id: str, version: str, sha256: str | None) -> ReplicaView:
-        return await self.handle.replicas.remote(task_id, version, sha256)
+        return await self._call("replicas", task_id, version, sha256)
 
     async def report(self, consumer: str, demand: dict[str, int]) -> dict[str, int]:
-        return await self.handle.report.remote(consumer, demand)
+        return await self._call("report", consumer, demand)
 
     def replica_failed(self, key: str, name: str, reason: str) -> None:
-        self.handle.replica_failed.remote(key, name, reason)
+        with contextlib.suppress(Exception):  # the controller's prober catches what this misses
+            self._controller().replica_failed.remote(key, name, reason)
 
 
 @dataclass

