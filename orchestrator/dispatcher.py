@@ -120,9 +120,10 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """Cancel every loop and job (a job stops where it is and stays pending)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks:  # again for any a cancelled one started on its way out
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.wait(list(self._tasks), timeout=1)
         self._main = None
 
     async def ping(self) -> dict[str, Any]:
@@ -175,8 +176,11 @@ class Dispatcher:
             return
         if self._room <= 0:
             self._freed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), self.cfg.block_ms / 1000)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancellation that races the event, and stop() would never end.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.block_ms / 1000):
+                    await self._freed.wait()
             return
         got = 0
         for stream in self._lanes:  # lane order: one lane's backlog goes before the next

@@ -70,6 +70,14 @@ def cli_env(monkeypatch, wtm_home, stack_settings):
 make_task = write_task  # the tests' name for it
 
 
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing listens on."""
+    from orchestrator.stack.processes import free_port as pick
+
+    return pick()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> str:
     """``host:port`` of an S3-compatible server (moto) shared by the session.

@@ -220,6 +220,16 @@ def test_an_abandoned_job_is_claimed_and_one_delivered_too_often_dead_lettered(s
     assert poison in dead
     assert pending(settings, "q_poison") == 0 and pending(settings, "q_orphan") == 0
 
+    def ghost_gone() -> bool:  # nothing pending and no heartbeat: removed from the group
+        streams = (keys.stream("q_orphan", "normal"), keys.stream("q_poison", "normal"))
+        return not any(
+            c["name"] == b"ghost"
+            for s in streams
+            for c in r.xinfo_consumers(s, keys.CONSUMER_GROUP)
+        )
+
+    wait_until(ghost_gone, what="the dead consumer to be removed")
+
 
 def test_an_unreadable_entry_goes_to_dead_letters_and_the_next_job_still_runs(settings, serve):
     r = redis.Redis.from_url(settings.redis.url)

@@ -136,8 +136,9 @@ class Router:
                     route.outstanding[name] += 1
                     return name, route.handles[name]
                 route.freed.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(route.freed.wait(), self.wait_s)
+                with contextlib.suppress(TimeoutError):  # (wait_for can swallow a cancel)
+                    async with asyncio.timeout(self.wait_s):
+                        await route.freed.wait()
         except BaseException:
             route.demand -= 1
             raise

@@ -59,10 +59,12 @@ def is_up(settings: Settings) -> bool:
 def ensure(settings: Settings, notify: Notify | None = None) -> Settings:
     """Start the embedded stack, or restart what of it died; returns resolved settings.
 
-    With nothing embedded, the control plane is still put back if it is gone.
+    With nothing embedded, the control plane is still put back if it is gone
+    (and Redis answers: a Redis that does not is the caller's one-line error).
     """
     if not settings.embedded:
-        if not control_plane_alive(settings.redis.url):
+        url = settings.redis.url
+        if services.redis_ok(url) and not control_plane_alive(url):
             cluster.deploy(settings, replace=False)
         return settings
     st = state.read(settings)

@@ -55,7 +55,7 @@ def health(settings: Settings) -> list[Component]:
     alive = _live_dispatchers(url)
     out.append(Component(name="dispatchers", ok=bool(alive), detail=f"{len(alive)} alive"))
     out += _control(url)
-    if st and resolved.embedded:
+    if st and settings.embedded:
         alive = bool(st.supervisor_pid and processes.matching([st.supervisor_pid], []))
         out.append(Component(name="supervisor", ok=alive, detail=f"pid {st.supervisor_pid}"))
     if st:

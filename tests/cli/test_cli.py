@@ -124,8 +124,27 @@ def test_health_reports_every_component(cli_env, client):
     result = wtm("health", "--json")
     assert result.exit_code == 0, result.output
     components = {c["name"]: c for c in json.loads(result.stdout)}
-    for name in ("redis", "records", "objects", "ray", "dashboard", "dispatchers"):
+    names = ("redis", "records", "objects", "ray", "dashboard", "dispatchers", "controller")
+    for name in (*names, "replicas", "supervisor"):
         assert components[name]["ok"], components[name]
+
+
+def test_run_with_redis_unreachable_is_one_line_and_leaves_no_record(
+    monkeypatch, tmp_path, free_port
+):
+    monkeypatch.setenv("WTM_HOME", str(tmp_path))
+    monkeypatch.setenv("WTM_REDIS__URL", f"redis://127.0.0.1:{free_port}/0")  # nothing there
+    monkeypatch.setenv("WTM_RAY__ADDRESS", "127.0.0.1:1")  # nothing embedded: nothing starts
+    for var in ("WTM_RECORDS__URI", "WTM_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    task = make_task(tmp_path / "pkgs", "unreached", "return {}")
+    assert wtm("task", "register", str(task)).exit_code == 0
+
+    result = wtm("run", "unreached", "{}")
+    assert result.exit_code != 0
+    assert result.stderr.count("\n") == 1 and "could not enqueue on Redis" in result.stderr
+    assert "nothing was submitted" in result.stderr
+    assert json.loads(wtm("executions", "list", "--json").stdout) == []  # no queued, no failed
 
 
 def test_registering_several_stores_all_or_none(cli_env, client, tmp_path):
