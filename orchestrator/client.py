@@ -22,6 +22,7 @@ from orchestrator.errors import (
     ExecutionFailed,
     InputError,
     NotFoundError,
+    StackError,
     StoreUnavailable,
 )
 from orchestrator.inputs import resolve_paths, shape_input, upload_files
@@ -394,7 +395,13 @@ class Client:
         try:
             enqueue(r, Job.of(execution, plan))
         except redis.RedisError as e:
-            self.records.delete_execution(execution.execution_id)
+            try:
+                self.records.delete_execution(execution.execution_id)
+            except StackError as gone:  # the records went away too: say what is left
+                raise EnqueueError(
+                    f"could not enqueue on Redis ({type(e).__name__}: {e}), nor take back "
+                    f"execution {execution.execution_id} ({gone}); cancel it"
+                ) from e
             raise EnqueueError(
                 f"could not enqueue on Redis ({type(e).__name__}: {e}); nothing was submitted"
             ) from e

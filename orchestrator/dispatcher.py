@@ -10,17 +10,21 @@ is the :class:`~orchestrator.runtime.driver.Driver` running the job's plan.
 
 Leases. A job leaves the stream's pending list only after its terminal record
 is written. Every entry a dispatcher reads is *held* from that moment: it
-starts at once, and is renewed with every heartbeat by a loop of its own that
-never waits behind work. A dispatcher reads only as many entries as it has
-room for.
+starts at once, and is renewed with every heartbeat by a loop of its own, on a
+Redis connection of its own, that never waits behind work. Renewal checks
+ownership: an entry another dispatcher has taken over (this one was thought
+dead) is no longer renewed, and the run here is stopped. A dispatcher reads
+only as many entries as it has room for, and room that frees up goes to
+pending entries it owes before new ones.
 
 Recovery. A dispatcher's consumer name is its actor name, so a restarted one
 (Ray restarts it) takes its own pending entries up again at once. A dispatcher
 is dead when its heartbeat key has expired and stays missing for two more
-beats (so a Redis restart, which expires every key, kills no one); a live
-dispatcher then takes its entries over and removes the dead consumer. Each
-take-over counts a delivery; an entry delivered too often goes to the dead
-letters.
+beats of this one's, counted afresh after a Redis outage (so a Redis restart,
+which expires every key, kills no one); a live dispatcher then takes its
+entries over and removes the dead consumer. Each take-over counts a delivery;
+an entry delivered too often goes to the dead letters. A job that failed in
+this dispatcher is taken up again after a backoff, not at once.
 
 Faults in place. A transient Redis or records error inside a job is retried
 where it happened, with backoff, by the same dispatcher: the job keeps its
@@ -88,15 +92,22 @@ class Dispatcher:
         # fail; the blocking stream read has a connection of its own.
         self.redis = async_redis(settings.redis.url, self.cfg.redis_connections)
         self.reader = async_redis(settings.redis.url)
+        # Heartbeat, renewal and take-over never queue behind jobs for a connection.
+        self.control = async_redis(settings.redis.url, timeout_s=CONTROL_TIMEOUT_S)
+        self._renew_mine = self.control.register_script(_RENEW_MINE)
         self.store = RecordsRunStore(
             open_records(settings), open_objects(settings), self.redis, self.cfg.inline_result_bytes
         )
         self.driver = Driver(executor or self._ray_executor(), self.store)
         self._lanes: dict[str, str] = {}  # stream -> lane, in the order lanes are served
         self._streams_read_at = 0.0
-        self._held: dict[tuple[str, str], Entry] = {}  # every entry read and not yet acked
+        self._held: dict[tuple[str, str], asyncio.Task] = {}  # every entry read, not yet acked
         self._freed = asyncio.Event()
+        self._owed = False  # pending entries wait for room: freed room goes to them first
+        self._taking = asyncio.Lock()
         self._missing_since: dict[str, float] = {}  # consumer -> first seen without a heartbeat
+        self._last_round = 0.0  # when a take-over round last completed
+        self._failures: dict[tuple[str, str], tuple[int, float]] = {}  # entry -> (n, retry at)
         self._main: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -154,7 +165,7 @@ class Dispatcher:
         """Say we are alive (for three beats), then renew every entry we hold."""
         ttl = max(1, math.ceil(self.cfg.heartbeat_s * 3))
         beat = {"pid": os.getpid(), "at": time.time(), "in_flight": len(self._held)}
-        await self.redis.set(keys.dispatcher_alive(self.consumer), json.dumps(beat), ex=ttl)
+        await self.control.set(keys.dispatcher_alive(self.consumer), json.dumps(beat), ex=ttl)
         await self._renew()
 
     # read ------------------------------------------------------------------
@@ -173,6 +184,9 @@ class Dispatcher:
         await self._refresh_streams()
         if not self._lanes:
             await asyncio.sleep(self.cfg.block_ms / 1000)
+            return
+        if self._owed and self._room > 0:  # room goes to entries already pending first
+            await self._take_over()
             return
         if self._room <= 0:
             self._freed.clear()
@@ -234,8 +248,7 @@ class Dispatcher:
         """Hold an entry from the moment it is ours: track it (so it is renewed) and run it."""
         if entry.key in self._held:  # already running here: a claim must not start it twice
             return
-        self._held[entry.key] = entry
-        self._background(self._handle(entry))
+        self._held[entry.key] = self._background(self._handle(entry))
 
     def _background(self, coro) -> asyncio.Task:
         # The loop keeps only weak references to tasks: hold them until done.
@@ -254,14 +267,22 @@ class Dispatcher:
                 return
             event = await self._run(job)
             await self._ack(entry)
+            self._release(entry)  # acknowledged: no longer ours to renew
+            self._failures.pop(entry.key, None)
             if event is not None:
                 await self.store.publish(event)
         except asyncio.CancelledError:
             raise
-        except Exception:  # stays pending: taken up again, one more delivery
-            log.exception("job %s failed in the dispatcher", entry.entry_id)
+        except Exception:  # stays pending: taken up again after a backoff, one more delivery
+            n = self._failures.get(entry.key, (0, 0.0))[0] + 1
+            backoff = min(60.0, self.cfg.heartbeat_s * 2**n)
+            self._failures[entry.key] = (n, time.monotonic() + backoff)
+            log.exception("job %s failed in the dispatcher (try %d)", entry.entry_id, n)
         finally:
-            self._held.pop(entry.key, None)
+            self._release(entry)
+
+    def _release(self, entry: Entry) -> None:
+        if self._held.pop(entry.key, None) is not None:
             self._freed.set()
 
     async def _run(self, job: Job) -> Event | None:
@@ -284,27 +305,53 @@ class Dispatcher:
 
     # leases and recovery -------------------------------------------------------
     async def _renew(self) -> None:
-        """Reset the idle time of every entry held here (it does not count a delivery)."""
+        """Reset the idle time of every entry held here (it does not count a delivery).
+
+        Only entries this dispatcher still owns are renewed (one script per
+        stream: check the owner, then claim). One taken over by another (this
+        one was thought dead) is theirs now: its run here stops.
+        """
         for stream, ids in _by_stream(self._held):
-            await self.redis.xclaim(stream, keys.CONSUMER_GROUP, self.consumer, 0, ids, justid=True)
+            lost = await self._renew_mine(
+                keys=[stream], args=[keys.CONSUMER_GROUP, self.consumer, *ids]
+            )
+            for entry_id in map(_text, lost):
+                task = self._held.pop((stream, entry_id), None)
+                if task is not None:
+                    log.warning("entry %s was taken over by another dispatcher", entry_id)
+                    task.cancel()
 
     async def _take_over(self) -> None:
-        """Take up pending entries nobody runs: our own from before a restart, and those
-        of dispatchers found dead (then forget those consumers)."""
-        for stream in list(self._lanes):
-            for consumer in await self.redis.xinfo_consumers(stream, keys.CONSUMER_GROUP):
-                name = _text(consumer["name"])
-                if name != self.consumer and not await self._dead(name):
-                    continue
-                if consumer["pending"]:
-                    await self._claim_pending(stream, name)
-                elif name != self.consumer:
-                    await self.redis.xgroup_delconsumer(stream, keys.CONSUMER_GROUP, name)
-                    log.info("removed dead consumer %s of %s", name, stream)
+        """Take up pending entries nobody runs: our own from before a restart (or that
+        failed here), and those of dispatchers found dead (then forget those consumers)."""
+        async with self._taking:
+            if time.monotonic() - self._last_round > 3 * self.cfg.heartbeat_s:
+                self._missing_since.clear()  # an outage: who is dead must be seen afresh
+            self._owed = False
+            for stream in list(self._lanes):
+                consumers = await self.control.xinfo_consumers(stream, keys.CONSUMER_GROUP)
+                for consumer in consumers:
+                    name = _text(consumer["name"])
+                    try:
+                        await self._take_from(stream, name, consumer["pending"])
+                    except Exception as e:  # noqa: BLE001 - one consumer must not stop the round
+                        log.warning("taking over from %s failed: %s: %s", name, type(e).__name__, e)
+            self._last_round = time.monotonic()
+
+    async def _take_from(self, stream: str, name: str, pending: int) -> None:
+        if name != self.consumer and not await self._dead(name):
+            return
+        if pending:
+            await self._claim_pending(stream, name)
+        elif name != self.consumer:
+            # XGROUP DELCONSUMER drops a consumer's pending entries: only an empty one goes.
+            await self.control.xgroup_delconsumer(stream, keys.CONSUMER_GROUP, name)
+            self._missing_since.pop(name, None)
+            log.info("removed dead consumer %s of %s", name, stream)
 
     async def _dead(self, consumer: str) -> bool:
-        """No heartbeat, and none for two more of our beats (a Redis restart expires all)."""
-        if await self.redis.exists(keys.dispatcher_alive(consumer)):
+        """No heartbeat, and none for two more of our beats."""
+        if await self.control.exists(keys.dispatcher_alive(consumer)):
             self._missing_since.pop(consumer, None)
             return False
         first = self._missing_since.setdefault(consumer, time.monotonic())
@@ -312,19 +359,26 @@ class Dispatcher:
 
     async def _claim_pending(self, stream: str, owner: str) -> None:
         if self._room <= 0:
+            self._owed = True
             return
-        pending = await self.redis.xpending_range(
+        pending = await self.control.xpending_range(
             stream, keys.CONSUMER_GROUP, min="-", max="+", count=self._room, consumername=owner
         )
+        now = time.monotonic()
         ids = [
-            p["message_id"] for p in pending if (stream, _text(p["message_id"])) not in self._held
+            p["message_id"]
+            for p in pending
+            if (key := (stream, _text(p["message_id"]))) not in self._held
+            and self._failures.get(key, (0, 0.0))[1] <= now  # backing off after a failure here
         ]
         if not ids:
             return
         # A minimum idle time (a live owner renews every beat): of two dispatchers
         # taking over at once, one wins each entry.
         min_idle = 0 if owner == self.consumer else int(self.cfg.heartbeat_s * 1000)
-        claimed = await self.redis.xclaim(stream, keys.CONSUMER_GROUP, self.consumer, min_idle, ids)
+        claimed = await self.control.xclaim(
+            stream, keys.CONSUMER_GROUP, self.consumer, min_idle, ids
+        )
         if claimed:
             log.warning("took up %d pending entries of %s on %s", len(claimed), owner, stream)
         delivered = {_text(p["message_id"]): p["times_delivered"] + 1 for p in pending}
@@ -337,14 +391,20 @@ class Dispatcher:
             entry = Entry(stream, _text(entry_id), fields)
             if delivered.get(entry.entry_id, 0) > self.cfg.max_deliveries:
                 reason = f"delivered over {self.cfg.max_deliveries} times without finishing"
-                await self._dead_letter(entry, reason)
+                try:
+                    await self._dead_letter(entry, reason)
+                except Exception:  # the next entry still gets its turn
+                    log.exception("dead-lettering %s failed", entry.entry_id)
                 continue
             self._hold(entry)
 
     async def _dead_letter(self, entry: Entry, reason: str) -> None:
         """Move an entry to the dead-letter stream, its execution (if readable) recorded so."""
         job = _decode(entry)
-        record = await self.store.load(job.execution_id) if job else None
+        try:
+            record = await self.store.load(job.execution_id) if job else None
+        except ValueError:  # a record this version cannot read: the entry goes anyway
+            record = None
         event = None
         if job is not None and record is not None and not record.status.terminal:
             event = lifecycle.dead_letter(record, reason, time.time())
@@ -356,7 +416,25 @@ class Dispatcher:
             await self.store.publish(event)
 
 
-def _by_stream(held: dict[tuple[str, str], Entry]) -> Iterator[tuple[str, list[str]]]:
+CONTROL_TIMEOUT_S = 5.0  # a heartbeat or renewal that gets no answer fails (and is retried)
+
+# Renew the entries this consumer still owns; return those it no longer does.
+# KEYS[1] stream; ARGV: group, consumer, ids...
+_RENEW_MINE = """
+local lost = {}
+for i = 3, #ARGV do
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+    if p[1] and p[1][2] == ARGV[2] then
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    else
+        table.insert(lost, ARGV[i])
+    end
+end
+return lost
+"""
+
+
+def _by_stream(held: dict[tuple[str, str], Any]) -> Iterator[tuple[str, list[str]]]:
     streams: dict[str, list[str]] = {}
     for stream, entry_id in list(held):
         streams.setdefault(stream, []).append(entry_id)
@@ -414,7 +492,7 @@ def deploy_one(settings: Settings, name: str, replace: bool = True) -> str:
             same = ray.get(running.ping.remote(), timeout=60)["settings"] == settings_digest(
                 settings
             )
-        except (ray.exceptions.RayError, KeyError):
+        except Exception:  # noqa: BLE001 - dead, or an older version without ping
             same = False
         if same:
             return name

@@ -89,12 +89,17 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
-def async_redis(url: str, max_connections: int | None = None) -> aioredis.Redis:
-    """The asyncio twin; with ``max_connections`` callers wait for a free connection."""
+def async_redis(
+    url: str, max_connections: int | None = None, timeout_s: float | None = None
+) -> aioredis.Redis:
+    """The asyncio twin; with ``max_connections`` callers wait for a free connection,
+    with ``timeout_s`` a command that gets no answer in time fails (and is retried)."""
     options = dict(
         health_check_interval=HEALTH_CHECK_S,
         retry=_async_retry(),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
     )
     if max_connections is None:
         return aioredis.from_url(url, **options)

@@ -302,3 +302,29 @@ def test_a_saturated_dispatcher_never_runs_a_job_twice(settings, tmp_path):
     assert {r.status for r in records} == {ExecutionStatus.SUCCEEDED}
     assert {r.deliveries for r in records} == {1}
     assert pending(busy, "q_saturated") == 0
+
+
+def test_a_run_taken_over_by_another_dispatcher_is_no_longer_renewed_or_run_here(settings):
+    started = threading.Event()
+
+    async def forever(document):
+        started.set()
+        await asyncio.Event().wait()  # only a cancellation ends it
+
+    job = prepare(settings, "forever", "q_taken")
+    entry = send(settings, job)
+    running = Running(settings, {}, executor=LocalExecutor({"forever": forever}))
+    try:
+        wait_until(started.is_set, what="the job to run")
+        r = redis.Redis.from_url(settings.redis.url)
+        # Another dispatcher thought this one dead and took the entry over.
+        r.xclaim(job.stream, keys.CONSUMER_GROUP, "thief", 0, [entry])
+
+        wait_until(
+            lambda: running._call(running.dispatcher.ping())["in_flight"] == 0,
+            what="the run here to stop",
+        )
+        owner = r.xpending_range(job.stream, keys.CONSUMER_GROUP, entry, entry, 1)[0]
+        assert owner["consumer"] == b"thief"  # not claimed back by a renewal
+    finally:
+        running.close()

@@ -168,11 +168,13 @@ def test_a_killed_controller_comes_back_keeping_the_replicas(
     finally:
         os.kill(pid, signal.SIGKILL)  # then dead: Ray restarts it
 
-    beat = wait_until(
-        lambda: (b := controller_beat(settings.redis.url)) and b["pid"] != pid and b,
-        what="the controller to come back",
-    )
-    assert any(replica in s["ready"] for s in beat["sets"])  # the live replica was adopted
+    def back_with_the_replica() -> bool:  # the live replica adopted, not a new one started
+        beat = controller_beat(settings.redis.url)
+        return (
+            bool(beat) and beat["pid"] != pid and any(replica in s["ready"] for s in beat["sets"])
+        )
+
+    wait_until(back_with_the_replica, what="the controller to come back with the replica")
     after = client.run("heal_c", {"log": str(log), "tag": "after"}, timeout=120)
     assert after.status == ExecutionStatus.SUCCEEDED
     assert after.steps[0].worker_id == replica  # served by the replica that lived on

@@ -13,13 +13,20 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from orchestrator.errors import ConfigError, InputError, NotFoundError, StackError
+from orchestrator.errors import (
+    ConfigError,
+    InputError,
+    NotFoundError,
+    StackError,
+    StoreUnavailable,
+)
 from orchestrator.settings import ObjectsSettings
 
 T = TypeVar("T")
 
 _MISSING = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject"})
 _ALREADY_THERE = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
+_BUSY = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"})
 _BUCKET_PREFIX = re.compile(r"([a-z0-9][a-z0-9.-]*)?")
 
 
@@ -158,11 +165,15 @@ class MinioObjectStore:
         except S3Error as e:
             if e.code in _MISSING:
                 raise NotFoundError(f"no object {what}") from e
+            if e.code in _BUSY:  # the server asks to be tried again
+                raise StoreUnavailable(
+                    f"object store at {self.endpoint}: {e.code} on {what}"
+                ) from e
             raise StackError(
                 f"object store at {self.endpoint}: {e.code} on {what}: {e.message}"
             ) from e
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as e:
-            raise StackError(
+            raise StoreUnavailable(
                 f"cannot reach the object store at {self.endpoint}: {type(e).__name__}"
             ) from e
 

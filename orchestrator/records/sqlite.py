@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from orchestrator.errors import ConflictError, StoreUnavailable
+from orchestrator.errors import ConflictError, StackError, StoreUnavailable
 from orchestrator.models import (
     ExecutionRecord,
     ExecutionStatus,
@@ -38,10 +38,12 @@ CREATE TABLE IF NOT EXISTS workers (
 
 
 def _reachable(cls: type) -> type:
-    """Turn "database is locked" (and any other operational failure) into StoreUnavailable.
+    """Turn "database is locked" into StoreUnavailable, any other failure into StackError.
 
     A writer waits ``timeout_s`` for another's lock first; past that the store
-    counts as unavailable for now, which callers may retry (the dispatcher does).
+    counts as unavailable for now, which callers may retry (the dispatcher
+    does). A file that cannot be opened or a missing table will not clear by
+    waiting: those are reported, not retried.
     """
 
     def wrap(method):
@@ -50,7 +52,9 @@ def _reachable(cls: type) -> type:
             try:
                 return method(self, *args, **kwargs)
             except sqlite3.OperationalError as e:
-                raise StoreUnavailable(f"records store {self.path} unavailable: {e}") from e
+                if "locked" in str(e) or "busy" in str(e):  # another writer: try again later
+                    raise StoreUnavailable(f"records store {self.path} unavailable: {e}") from e
+                raise StackError(f"records store {self.path}: {e}") from e
 
         return wrapper
 

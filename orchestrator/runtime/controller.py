@@ -114,8 +114,11 @@ class Controller:
         """Adopt the replicas alive on the cluster, then run the loops (idempotent)."""
         if self._loop_task is None:
             self._loop_task = self._background(self._control_loop())
-            await self._adopt_all()
             self._background(self._heartbeat())
+            try:
+                await self._adopt_all()
+            except Exception:  # records away, say: each set adopts its replicas on first use
+                log.exception("adopting the live replicas failed")
 
     async def ping(self) -> dict[str, Any]:
         from orchestrator.dispatcher import settings_digest
@@ -150,9 +153,9 @@ class Controller:
     async def replica_failed(self, key: str, name: str, reason: str) -> None:
         """A dispatcher saw a replica die or hang: kill it and replace it."""
         rs = self.sets.get(key)
-        if rs is None or name not in rs.ready:
+        if rs is None or (name not in rs.ready and name not in rs.draining):
             return
-        handle = rs.ready.pop(name)
+        handle = rs.ready.pop(name, None) or rs.draining.pop(name)
         rs.bump()
         with contextlib.suppress(Exception):
             ray.kill(handle, no_restart=True)
@@ -442,7 +445,7 @@ def deploy(settings: Settings, replace: bool = True) -> Any:
             same = ray.get(running.ping.remote(), timeout=60)["settings"] == settings_digest(
                 settings
             )
-        except (ray.exceptions.RayError, KeyError):
+        except Exception:  # noqa: BLE001 - dead, or an older version without ping
             same = False
         if same:
             return running

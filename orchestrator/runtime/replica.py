@@ -148,7 +148,7 @@ class Replica:
         key = step.call_key
         with self._lock:
             flight = self._flights.get(key) if key else None
-            if flight is None:
+            if flight is None or flight.done():  # done: a retry, not a redelivery
                 flight = self._bodies.submit(self.call, document)
                 if key:
                     self._flights[key] = flight

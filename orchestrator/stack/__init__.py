@@ -34,6 +34,7 @@ __all__ = [
     "Component",
     "Notify",
     "StackState",
+    "dead_parts",
     "down",
     "ensure",
     "heal",
@@ -53,7 +54,7 @@ Notify = Callable[[str], None]
 def is_up(settings: Settings) -> bool:
     """Whether the embedded parts named in stack.json answer."""
     st = state.read(settings)
-    return st is not None and not _dead_parts(settings, st)
+    return st is not None and not dead_parts(settings, st)
 
 
 def ensure(settings: Settings, notify: Notify | None = None) -> Settings:
@@ -72,7 +73,7 @@ def ensure(settings: Settings, notify: Notify | None = None) -> Settings:
         st = up(settings)
         if notify:
             notify(f"Started the embedded stack in {settings.home} ({_summary(st)})")
-    elif _dead_parts(settings, st) or not _supervised(st):
+    elif dead_parts(settings, st) or not _supervised(st):
         with state.locked(settings):
             restarted = heal(settings, state.read(settings) or st)
             _supervise(settings, state.read(settings) or st)
@@ -114,7 +115,7 @@ def heal(settings: Settings, st: StackState, deploy: bool = True) -> list[str]:
     head is always given one). The caller holds the stack's lock.
     """
     restarted = []
-    dead = _dead_parts(settings, st)
+    dead = dead_parts(settings, st)
     if "redis" in dead:
         log.warning(
             "redis-server of %s is gone: restarting it on port %s", st.home, st.ports.get("redis")
@@ -150,7 +151,8 @@ def down(settings: Settings) -> list[str]:
         return stopped
 
 
-def _dead_parts(settings: Settings, st: StackState) -> list[str]:
+def dead_parts(settings: Settings, st: StackState) -> list[str]:
+    """The embedded parts that do not answer now: "redis", "ray"."""
     dead = []
     if settings.redis.url is None and not services.redis_ok(st.redis_url):
         dead.append("redis")

@@ -135,14 +135,11 @@ def ray_processes(state: StackState) -> list[psutil.Process]:
 
 def redis_processes(state: StackState) -> list[psutil.Process]:
     """This stack's redis-server: the one it recorded, and whatever redis listens on its port."""
-    pids = [state.redis_pid] if state.redis_pid else []
+    found = processes.matching([state.redis_pid] if state.redis_pid else [], [])
     if state.ports.get("redis"):
-        pids += [
-            p.pid
-            for p in processes.listening_on(state.ports["redis"])
-            if "redis" in processes.name_of(p)
-        ]
-    return processes.matching(pids, [])
+        found += processes.listening_on(state.ports["redis"])
+    # A recorded pid may have been reused by another program since: names are checked.
+    return [p for p in found if "redis" in processes.name_of(p)]
 
 
 def stack_processes(state: StackState) -> list[psutil.Process]:

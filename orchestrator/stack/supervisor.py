@@ -19,6 +19,7 @@ from orchestrator.settings import Settings
 
 PERIOD_S = 1.0
 REDEPLOY_S = 30.0  # a control plane found gone is deployed again at most this often
+STRIKES = 3  # a part is restarted once it failed this many checks in a row (not just slow)
 
 log = logging.getLogger("wtm.supervisor")
 
@@ -31,6 +32,7 @@ def main() -> int:
     settings = Settings(**json.loads(sys.stdin.read()))
     log.info("supervising the stack in %s (pid %d)", settings.home, os.getpid())
     deployed_at = time.monotonic()  # `up` just deployed it
+    strikes = 0
     while True:
         time.sleep(PERIOD_S)
         try:
@@ -41,6 +43,10 @@ def main() -> int:
                         "the stack in %s is down or supervised by another: exiting", settings.home
                     )
                     return 0
+                strikes = strikes + 1 if stack.dead_parts(settings, st) else 0
+                if 0 < strikes < STRIKES:
+                    continue
+                strikes = 0
                 may_deploy = time.monotonic() - deployed_at > REDEPLOY_S
                 restarted = stack.heal(settings, st, deploy=may_deploy)
             if "the control plane" in restarted:
