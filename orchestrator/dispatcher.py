@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -45,7 +44,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import ray
 from redis.exceptions import ResponseError
 
 from orchestrator import keys, lifecycle
@@ -54,6 +52,7 @@ from orchestrator.lifecycle import Event
 from orchestrator.objects import open_objects
 from orchestrator.records import open_records
 from orchestrator.resilience import async_redis, persist
+from orchestrator.runtime import actors
 from orchestrator.runtime.caller import Caller
 from orchestrator.runtime.driver import Driver, Executor
 from orchestrator.runtime.router import ControllerReplicas, Router
@@ -141,7 +140,7 @@ class Dispatcher:
         return {
             "consumer": self.consumer,
             "pid": os.getpid(),
-            "settings": settings_digest(self.settings),
+            "settings": actors.settings_digest(self.settings),
             "streams": list(self._lanes),
             "in_flight": len(self._held),
         }
@@ -454,18 +453,13 @@ def _decode(entry: Entry) -> Job | None:
         return None
 
 
-def settings_digest(settings: Settings) -> str:
-    """A short fingerprint of the settings an actor runs with (redeploy when it changes)."""
-    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
-
-
 class DispatcherActor(Dispatcher):
     """The dispatcher as a Ray actor: it starts its own loops, so one that Ray
     restarts after its process died serves again with no one asking."""
 
     def __init__(self, settings: Settings, name: str):
         super().__init__(settings, name)
-        ray.get_runtime_context().current_actor.start.remote()
+        actors.start_itself()
 
 
 def deploy(settings: Settings, replace: bool = True) -> list[str]:
@@ -483,43 +477,5 @@ def deploy(settings: Settings, replace: bool = True) -> list[str]:
 
 def deploy_one(settings: Settings, name: str, replace: bool = True) -> str:
     """Start one named dispatcher with these settings (see :func:`deploy`)."""
-    namespace = settings.ray.namespace
-    with contextlib.suppress(ValueError):  # ValueError: no actor of that name
-        running = ray.get_actor(name, namespace=namespace)
-        if not replace:
-            return name
-        try:
-            same = ray.get(running.ping.remote(), timeout=60)["settings"] == settings_digest(
-                settings
-            )
-        except Exception:  # noqa: BLE001 - dead, or an older version without ping
-            same = False
-        if same:
-            return name
-        ray.kill(running, no_restart=True)
-        _wait_gone(name, namespace)
-    handle = (
-        ray.remote(DispatcherActor)
-        .options(
-            name=name,
-            namespace=namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_concurrency=1000,
-            max_restarts=-1,  # Ray restarts it when its process dies
-        )
-        .remote(settings, name)
-    )
-    ray.get(handle.start.remote())
+    actors.deploy(DispatcherActor, name, settings, (settings, name), replace)
     return name
-
-
-def _wait_gone(name: str, namespace: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name, namespace=namespace)
-        except ValueError:
-            return
-        time.sleep(0.1)

@@ -32,6 +32,7 @@ from orchestrator.models import TaskRecord, WorkerState
 from orchestrator.policy import desired_replicas, replicas_for
 from orchestrator.records import open_records
 from orchestrator.resilience import async_redis
+from orchestrator.runtime import actors
 from orchestrator.runtime.replica import Replica
 from orchestrator.runtime.router import ReplicaView
 from orchestrator.settings import Settings
@@ -121,9 +122,7 @@ class Controller:
                 log.exception("adopting the live replicas failed")
 
     async def ping(self) -> dict[str, Any]:
-        from orchestrator.dispatcher import settings_digest
-
-        return {"pid": os.getpid(), "settings": settings_digest(self.settings)}
+        return {"pid": os.getpid(), "settings": actors.settings_digest(self.settings)}
 
     # API for dispatchers and the CLI -----------------------------------------
     async def replicas(self, task_id: str, version: str, sha256: str | None = None) -> ReplicaView:
@@ -425,7 +424,7 @@ class ControllerActor(Controller):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        ray.get_runtime_context().current_actor.start.remote()
+        actors.start_itself()
 
 
 def deploy(settings: Settings, replace: bool = True) -> Any:
@@ -433,47 +432,8 @@ def deploy(settings: Settings, replace: bool = True) -> Any:
 
     Idempotent: a running controller is kept, unless ``replace`` and it runs
     with other settings (the replicas outlive the swap; the new one adopts them).
+    Calls made while Ray restarts it wait for the new one (``max_task_retries``).
     """
-    from orchestrator.dispatcher import settings_digest
-
-    namespace = settings.ray.namespace
-    with contextlib.suppress(ValueError):  # ValueError: no controller yet
-        running = ray.get_actor(keys.CONTROLLER, namespace=namespace)
-        if not replace:
-            return running
-        try:
-            same = ray.get(running.ping.remote(), timeout=60)["settings"] == settings_digest(
-                settings
-            )
-        except Exception:  # noqa: BLE001 - dead, or an older version without ping
-            same = False
-        if same:
-            return running
-        ray.kill(running, no_restart=True)
-        _wait_gone(keys.CONTROLLER, namespace)
-    handle = (
-        ray.remote(ControllerActor)
-        .options(
-            name=keys.CONTROLLER,
-            namespace=namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_concurrency=1000,
-            max_restarts=-1,  # Ray restarts it when its process dies ...
-            max_task_retries=-1,  # ... and calls made meanwhile wait for the new one
-        )
-        .remote(settings)
+    return actors.deploy(
+        ControllerActor, keys.CONTROLLER, settings, (settings,), replace, max_task_retries=-1
     )
-    ray.get(handle.start.remote())
-    return handle
-
-
-def _wait_gone(name: str, namespace: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name, namespace=namespace)
-        except ValueError:
-            return
-        time.sleep(0.1)
