@@ -18,6 +18,7 @@ app = typer.Typer(
 app.command()(stack.up)
 app.command()(stack.down)
 app.command()(stack.health)
+app.command()(stack.supervise)
 app.command()(stack.demo)
 app.command()(run)
 app.add_typer(task.app, name="task")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import typer
@@ -10,6 +12,8 @@ from rich.table import Table
 from cli.common import console, print_json, render_result, seconds, state, steps_table
 from orchestrator import stack
 from orchestrator.demo import run_demo
+from orchestrator.errors import InputError
+from orchestrator.stack.supervisor import watch_cluster
 
 
 def up(ctx: typer.Context) -> None:
@@ -30,6 +34,24 @@ def down(ctx: typer.Context) -> None:
         console.print(f"stopped {len(stopped)} processes of the stack in {settings.home}")
     else:
         console.print("nothing was running")
+
+
+def supervise(ctx: typer.Context) -> None:
+    """Keep the control plane deployed on your own cluster (runs until stopped).
+
+    For production (WTM_REDIS__URL and WTM_RAY__ADDRESS set): whenever the
+    controller and dispatchers are gone, a new Ray head say, they are deployed
+    again. The embedded stack needs none: `wtm up` starts its own supervisor.
+    """
+    settings = state(ctx).settings
+    if settings.embedded:
+        raise InputError(
+            "`wtm supervise` watches a cluster you run (set WTM_REDIS__URL and "
+            "WTM_RAY__ADDRESS); the embedded stack is supervised by `wtm up`"
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        watch_cluster(settings)
 
 
 def health(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:

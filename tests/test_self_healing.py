@@ -27,7 +27,8 @@ from cli.main import app
 from orchestrator import Client, cluster, keys, stack
 from orchestrator.models import ExecutionStatus
 from orchestrator.settings import Settings
-from orchestrator.stack.health import controller_beat
+from orchestrator.stack.health import control_plane_alive, controller_beat
+from orchestrator.stack.supervisor import watch_cluster
 from tests.conftest import make_task
 from tests.helpers import wait_until
 
@@ -318,13 +319,7 @@ def test_a_dead_ray_head_is_restarted_and_its_jobs_resume(settings, client, tmp_
     ]
     wait_until(lambda: runs(log), what="a job to run")
     before = stack.read_state(settings)
-    gcs = [
-        p
-        for p in stack.stack_pids(settings)
-        if Path(f"/proc/{p}/comm").read_text().strip() == "gcs_server"
-    ]
-    assert len(gcs) == 1
-    os.kill(own_pid(settings, gcs[0]), signal.SIGKILL)  # the head is gone, replicas with it
+    os.kill(own_pid(settings, gcs_pid(settings)), signal.SIGKILL)  # the head, replicas with it
 
     records = wait_until(lambda: terminal(client, ids), timeout=120, what="the jobs to end")
     assert {r.status for r in records} == {ExecutionStatus.SUCCEEDED}, [r.error for r in records]
@@ -333,6 +328,68 @@ def test_a_dead_ray_head_is_restarted_and_its_jobs_resume(settings, client, tmp_
     assert client.run("heal_h", {"log": str(log), "tag": "next"}, timeout=120).status == (
         ExecutionStatus.SUCCEEDED
     )
+
+
+def embedded(settings: Settings) -> Settings:
+    """The module's settings as a user has them: nothing resolved, the stack embedded."""
+    plain = settings.model_copy(deep=True)
+    plain.redis.url, plain.ray.address = None, None
+    return plain
+
+
+def gcs_pid(settings: Settings) -> int:
+    (pid,) = [
+        p
+        for p in stack.stack_pids(settings)
+        if Path(f"/proc/{p}/comm").read_text().strip() == "gcs_server"
+    ]
+    return pid
+
+
+def test_any_command_restarts_only_what_died_when_the_supervisor_is_gone_too(
+    settings, client, tmp_path
+):
+    before = stack.read_state(settings)
+    head = gcs_pid(settings)
+    os.kill(own_pid(settings, before.supervisor_pid), signal.SIGKILL)
+    os.kill(own_pid(settings, before.redis_pid), signal.SIGKILL)
+    wait_until(lambda: not stack.services.redis_ok(settings.redis.url), what="redis to die")
+
+    said: list[str] = []
+    stack.ensure(embedded(settings), notify=said.append)  # what any wtm command does first
+    after = stack.read_state(settings)
+    assert said == [f"Restarted redis of the embedded stack in {settings.home}"]
+    assert after.ports == before.ports and gcs_pid(settings) == head  # Ray left alone
+    assert after.redis_pid != before.redis_pid and after.supervisor_pid != before.supervisor_pid
+    assert set(stack.stack_pids(settings)) >= {after.redis_pid, after.supervisor_pid}
+    register(client, tmp_path, "heal_e")
+    record = client.run("heal_e", {"log": str(tmp_path / "runs.log"), "tag": "e"}, timeout=120)
+    assert record.status == ExecutionStatus.SUCCEEDED
+
+
+def test_a_control_plane_gone_from_a_cluster_is_deployed_again_by_the_watcher(
+    settings, client, tmp_path
+):
+    # As in production: nothing embedded, the stack's own supervisor out of the way.
+    supervisor = stack.read_state(settings).supervisor_pid
+    os.kill(own_pid(settings, supervisor), signal.SIGKILL)
+    cluster.remove_actors(settings)  # controller, dispatchers, replicas: all gone
+    url = settings.redis.url
+    wait_until(lambda: not control_plane_alive(url), what="the control plane to be gone")
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_cluster, args=(settings, stop, 0.2))
+    watcher.start()
+    try:
+        wait_until(lambda: control_plane_alive(url), timeout=120, what="the redeploy")
+    finally:
+        stop.set()
+        watcher.join(60)
+    register(client, tmp_path, "heal_w")
+    record = client.run("heal_w", {"log": str(tmp_path / "runs.log"), "tag": "w"}, timeout=120)
+    assert record.status == ExecutionStatus.SUCCEEDED
+    stack.ensure(embedded(settings))  # the stack's own supervisor back
+    assert stack.read_state(settings).supervisor_pid != supervisor
 
 
 def test_down_stops_everything_the_stack_started_even_what_it_restarted(settings):

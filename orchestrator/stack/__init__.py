@@ -131,7 +131,9 @@ def heal(settings: Settings, st: StackState, deploy: bool = True) -> list[str]:
     if restarted:
         state.write(settings, st)
     resolved = resolve(settings, st)
-    if "ray" in dead or (deploy and not control_plane_alive(resolved.redis.url)):
+    # A Redis just restarted has no heartbeats yet: the control plane is judged next time.
+    judge = deploy and "redis" not in dead
+    if "ray" in dead or (judge and not control_plane_alive(resolved.redis.url)):
         st.dispatchers = cluster.deploy(resolved, replace=False)
         state.write(settings, st)
         restarted.append("the control plane")
@@ -166,8 +168,11 @@ def _supervised(st: StackState) -> bool:
 
 
 def _supervise(settings: Settings, st: StackState) -> None:
-    """Start the stack's supervisor unless it runs (the caller holds the lock)."""
-    if _supervised(st):
+    """Start the embedded stack's supervisor unless it runs (the caller holds the lock).
+
+    A cluster this system did not start is watched by ``wtm supervise`` instead.
+    """
+    if _supervised(st) or not settings.embedded:
         return
     logfile = settings.home / "supervisor.log"
     package_root = str(Path(__file__).resolve().parents[2])

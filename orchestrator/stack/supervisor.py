@@ -1,10 +1,16 @@
-"""The embedded stack's supervisor: every second, restart what died, only that.
+"""Supervisors: restart what died, only that, with no one asking.
 
-Started by ``wtm up`` (and by :func:`orchestrator.stack.ensure` if it is not
-running) as ``python -m orchestrator.stack.supervisor`` with the stack's
-settings as JSON on stdin; its pid is in ``stack.json`` and ``wtm down`` stops
-it first. It exits when the stack it watches is no longer recorded, or
-records another supervisor.
+:func:`main` supervises the embedded stack. ``wtm up`` (and
+:func:`orchestrator.stack.ensure` if it is not running) starts it as
+``python -m orchestrator.stack.supervisor`` with the stack's settings as JSON
+on stdin; its pid is in ``stack.json`` and ``wtm down`` stops it first. It
+exits when the stack it watches is no longer recorded, or records another
+supervisor.
+
+:func:`watch_cluster` keeps the control plane deployed on a cluster this
+system did not start (production: Redis, MongoDB and Ray run elsewhere, and
+restart by their own means). ``wtm supervise`` runs it in the foreground,
+as the compose file's ``wtm-supervisor`` service does.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
 from orchestrator.settings import Settings
@@ -55,6 +62,30 @@ def main() -> int:
                 log.warning("restarted %s", ", ".join(restarted))
         except Exception:
             log.exception("healing the stack failed")
+
+
+def watch_cluster(
+    settings: Settings, stop: threading.Event | None = None, period_s: float = 2.0
+) -> None:
+    """Deploy the controller and dispatchers again whenever they are gone (a new Ray
+    head, say), checking every ``period_s`` until ``stop`` is set."""
+    from orchestrator import cluster
+    from orchestrator.stack.health import control_plane_alive
+    from orchestrator.stack.services import redis_ok
+
+    stop = stop or threading.Event()
+    url = settings.redis.url
+    deployed_at = -REDEPLOY_S
+    log.info("keeping the control plane deployed on %s", settings.ray.address)
+    while not stop.wait(period_s):
+        try:
+            gone = redis_ok(url) and not control_plane_alive(url)
+            if gone and time.monotonic() - deployed_at > REDEPLOY_S:
+                log.warning("the control plane is gone: deploying it")
+                cluster.deploy(settings, replace=False)
+                deployed_at = time.monotonic()
+        except Exception:
+            log.exception("deploying the control plane failed")
 
 
 if __name__ == "__main__":

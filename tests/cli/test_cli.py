@@ -170,3 +170,9 @@ def test_registering_several_stores_all_or_none(cli_env, client, tmp_path):
     pipelines_before = wtm("pipeline", "list", "--json").stdout
     _one_line_error(wtm("pipeline", "register", str(config)), 3, "no_such_task", "second_of_two")
     assert wtm("pipeline", "list", "--json").stdout == pipelines_before
+
+
+def test_supervise_is_for_a_cluster_you_run_not_the_embedded_stack(cli_env):
+    result = wtm("supervise")
+    assert result.exit_code == 2
+    assert "the embedded stack is supervised by `wtm up`" in result.stderr
