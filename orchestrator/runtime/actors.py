@@ -10,6 +10,7 @@ with other settings.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from typing import Any
 
@@ -23,9 +24,25 @@ def settings_digest(settings: Settings) -> str:
     return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
 
-def start_itself() -> None:
-    """From an actor's ``__init__``: have its ``start`` run as soon as it is up."""
-    ray.get_runtime_context().current_actor.start.remote()
+def start_itself(wait_s: float = 300.0) -> None:
+    """From an actor's ``__init__``: have its ``start`` run as soon as it is up.
+
+    A call made from ``__init__`` can reach the actor while Ray still counts it
+    as restarting and fail at once, so a thread of the actor's own repeats it
+    until it has run.
+    """
+    handle = ray.get_runtime_context().current_actor
+
+    def kick() -> None:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get(handle.start.remote(), timeout=60)
+                return
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                time.sleep(0.2)
+
+    threading.Thread(target=kick, daemon=True, name="wtm-start").start()
 
 
 def deploy(
