@@ -173,7 +173,8 @@ def show_record(record: ExecutionRecord, as_json: bool) -> None:
         return
     console.print(
         f"{record.execution_id} {record.target} {status_style(record.status)} "
-        f"attempts {record.attempts} worker {record.worker_id or '-'} "
+        f"attempts {record.attempts} deliveries {record.deliveries} "
+        f"worker {record.worker_id or '-'} "
         f"queue wait {seconds(record.queue_wait)} run {seconds(record.duration)}"
     )
     if record.error:

@@ -44,6 +44,7 @@ def list_(
         "queue wait",
         "duration",
         "attempts",
+        "deliveries",
         "worker",
         "memory",
     ):
@@ -57,6 +58,7 @@ def list_(
             seconds(r.queue_wait),
             seconds(r.duration),
             str(r.attempts),
+            str(r.deliveries),
             r.worker_id or "-",
             size(r.memory_usage),
         )

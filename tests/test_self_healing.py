@@ -354,11 +354,14 @@ def test_any_command_restarts_only_what_died_when_the_supervisor_is_gone_too(
     os.kill(own_pid(settings, before.supervisor_pid), signal.SIGKILL)
     os.kill(own_pid(settings, before.redis_pid), signal.SIGKILL)
     wait_until(lambda: not stack.services.redis_ok(settings.redis.url), what="redis to die")
+    shown = {c.name: c for c in stack.health(embedded(settings))}
+    assert not shown["redis"].ok and not shown["supervisor"].ok
+    assert "unknown while Redis is down" in shown["controller"].detail  # not called dead
 
     said: list[str] = []
     stack.ensure(embedded(settings), notify=said.append)  # what any wtm command does first
     after = stack.read_state(settings)
-    assert said == [f"Restarted redis of the embedded stack in {settings.home}"]
+    assert said == [f"Restarted redis, the supervisor of the embedded stack in {settings.home}"]
     assert after.ports == before.ports and gcs_pid(settings) == head  # Ray left alone
     assert after.redis_pid != before.redis_pid and after.supervisor_pid != before.supervisor_pid
     assert set(stack.stack_pids(settings)) >= {after.redis_pid, after.supervisor_pid}

@@ -83,12 +83,17 @@ class Driver:
     async def _resume(self, run: _Run) -> None:
         """A redelivered execution reuses the outputs its finished steps kept; the rest run again.
 
-        A step the last delivery left running counts that attempt. If its replica
-        finished it after that delivery stopped watching, its kept output is used
-        and it does not run again.
+        A step the last delivery left running counts that attempt (so does every
+        step of a plan that does not record steps: the lost delivery may have run
+        it). If its replica finished it after that delivery stopped watching,
+        its kept output is used and it does not run again.
         """
+        redelivered = run.record.deliveries > 1
         for sr in run.record.steps:
             if sr.status == StepStatus.PENDING:
+                if redelivered and not run.plan.record_steps:
+                    # Its state was not recorded: the lost delivery may have run it.
+                    sr.attempts += 1
                 continue
             interrupted = sr.status == StepStatus.RUNNING
             if interrupted:

@@ -75,8 +75,11 @@ def ensure(settings: Settings, notify: Notify | None = None) -> Settings:
             notify(f"Started the embedded stack in {settings.home} ({_summary(st)})")
     elif dead_parts(settings, st) or not _supervised(st):
         with state.locked(settings):
-            restarted = heal(settings, state.read(settings) or st)
-            _supervise(settings, state.read(settings) or st)
+            current = state.read(settings) or st
+            restarted = heal(settings, current)
+            if not _supervised(current):
+                _supervise(settings, current)
+                restarted.append("the supervisor")
         if notify and restarted:
             notify(f"Restarted {', '.join(restarted)} of the embedded stack in {settings.home}")
     return resolve(settings)

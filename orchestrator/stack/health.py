@@ -52,9 +52,14 @@ def health(settings: Settings) -> list[Component]:
         )
     )
     out += _ray(resolved, st)
-    alive = _live_dispatchers(url)
-    out.append(Component(name="dispatchers", ok=bool(alive), detail=f"{len(alive)} alive"))
-    out += _control(url)
+    if out[0].ok:
+        alive = _live_dispatchers(url)
+        out.append(Component(name="dispatchers", ok=bool(alive), detail=f"{len(alive)} alive"))
+        out += _control(url)
+    else:  # their heartbeats live in Redis: nothing can be said of them now
+        fix = "restarted by the stack's supervisor, or by `wtm up`" if settings.embedded else ""
+        unknown = f"unknown while Redis is down{'; Redis is ' + fix if fix else ''}"
+        out += [Component(name=n, ok=False, detail=unknown) for n in ("dispatchers", "controller")]
     if st and settings.embedded:
         alive = bool(st.supervisor_pid and processes.matching([st.supervisor_pid], []))
         out.append(Component(name="supervisor", ok=alive, detail=f"pid {st.supervisor_pid}"))

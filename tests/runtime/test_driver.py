@@ -153,6 +153,29 @@ def test_a_claimed_execution_reuses_kept_outputs_and_reruns_interrupted_steps():
     )
     assert verdict.result == {"kept": True}
     assert [name for name, _ in executor.calls] == ["b", "c"]
+    assert [s.attempts for s in rec.steps] == [0, 2, 1]  # b's lost attempt counts
+
+
+def test_a_step_its_replica_finished_after_the_delivery_died_is_not_run_again():
+    plan = pipeline(step("a"), step("b", "a"))
+    rec = record(plan)
+    rec.steps[0].status = StepStatus.RUNNING  # the delivery died; the replica kept going
+    store = MemoryRunStore()
+    store.kept[("E1", "a")] = {"finished": "on the replica"}
+    verdict, rec, _, executor = drive(
+        plan, {"a": lambda d: {"ran": "again"}, "b": lambda d: d["a"]}, rec=rec, store=store
+    )
+    assert verdict.result == {"finished": "on the replica"}
+    assert [name for name, _ in executor.calls] == ["b"]
+    assert statuses(rec) == {"a": "succeeded", "b": "succeeded"}
+
+
+def test_a_redelivered_task_run_counts_the_attempt_the_lost_delivery_may_have_made():
+    plan = Plan(kind="task", target="t", version="1", steps=(step("t"),))
+    rec = record(plan)
+    rec.deliveries = 2  # taken up again: its one step's state was never recorded
+    _, rec, _, _ = drive(plan, {"t": lambda d: {"ok": True}}, rec=rec)
+    assert rec.steps[0].attempts == 2
 
 
 def test_a_finished_step_without_a_kept_output_runs_again():
