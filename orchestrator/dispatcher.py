@@ -408,6 +408,7 @@ class Dispatcher:
         if job is not None and record is not None and not record.status.terminal:
             event = lifecycle.dead_letter(record, reason, time.time())
             await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
+        self._failures.pop(entry.key, None)
         fields = {**entry.fields, "stream": entry.stream, "reason": reason}
         await persist(lambda: self.redis.xadd(keys.DEAD_LETTERS, fields), "dead-lettering", log)
         await self._ack(entry)
