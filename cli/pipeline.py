@@ -150,6 +150,9 @@ def execute(
     version: str | None = typer.Option(None),
     timeout: float | None = typer.Option(None, help="Stop waiting after this many seconds."),
     as_json: bool = typer.Option(False, "--json"),
+    key: str | None = typer.Option(
+        None, "--key", help="Idempotency key: a key seen before returns that execution."
+    ),
 ) -> None:
     """Run a pipeline through the queue; prints its result and per-step timings."""
     run.execute(
@@ -162,6 +165,7 @@ def execute(
         timeout=timeout,
         as_json=as_json,
         kind="pipeline",  # a pipeline, even where a task has the same name
+        key=key,
     )
 
 

@@ -18,6 +18,7 @@ import redis
 from orchestrator import artifacts, keys, lifecycle, packages, stack
 from orchestrator.errors import (
     ConflictError,
+    Detached,
     EnqueueError,
     ExecutionFailed,
     InputError,
@@ -48,6 +49,9 @@ from orchestrator.settings import Settings, load_settings
 from orchestrator.workers import worker_status
 
 Kind = Literal["task", "pipeline"]
+
+MAX_KEY = 200  # characters in an idempotency key
+KEY_WAIT_S = 10.0  # how long a second submitter waits for the first one's record
 
 
 class Client:
@@ -217,15 +221,17 @@ class Client:
         version: str | None = None,
         cwd: Path | None = None,
         kind: Kind | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Validate, record as queued, enqueue; returns the execution id.
 
         ``target`` is a task id or, failing that, a pipeline id (``kind`` says which
-        to look for when a task and a pipeline share a name).
+        to look for when a task and a pipeline share a name). With an
+        ``idempotency_key`` seen within ``client.idempotency_s``, nothing new is
+        submitted: the id of the execution submitted under it is returned.
         """
         execution, plan = self._new(target, input_data, priority, version, cwd, kind)
-        self._enqueue(execution, plan)
-        return execution.execution_id
+        return self._enqueue(execution, plan, idempotency_key)
 
     def run(
         self,
@@ -238,20 +244,38 @@ class Client:
         timeout: float | None = None,
         raise_on_failure: bool = False,
         kind: Kind | None = None,
+        idempotency_key: str | None = None,
     ) -> ExecutionRecord:
-        """Submit and wait for the terminal record (or, after ``timeout``, the current one)."""
+        """Submit and wait for the terminal record (or, after ``timeout``, the current one).
+
+        Interrupted (Ctrl-C), it raises :class:`~orchestrator.errors.Detached`
+        with the execution id: the execution goes on.
+        """
         execution, plan = self._new(target, input_data, priority, version, cwd, kind)
-        with self._subscribe(execution.execution_id) as events:
-            self._enqueue(execution, plan)
-            result = self._wait(execution.execution_id, events, timeout)
+        new = execution.execution_id
+        with self._subscribe(new) as events:  # before the job can end: no event is missed
+            execution_id = self._enqueue(execution, plan, idempotency_key)
+            try:
+                if execution_id == new:
+                    result = self._wait(new, events, timeout)
+            except KeyboardInterrupt as e:
+                raise Detached(new) from e
+        if execution_id != new:  # the key named an earlier submission: wait for that one
+            result = self.wait(execution_id, timeout)
         if raise_on_failure and result.status != ExecutionStatus.SUCCEEDED:
             raise ExecutionFailed(result)
         return result
 
     def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionRecord:
-        """Block until the execution is terminal (or timeout: the current record)."""
+        """Block until the execution is terminal (or timeout: the current record).
+
+        Interrupted (Ctrl-C), it raises :class:`~orchestrator.errors.Detached`.
+        """
         with self._subscribe(execution_id) as events:
-            return self._wait(execution_id, events, timeout)
+            try:
+                return self._wait(execution_id, events, timeout)
+            except KeyboardInterrupt as e:
+                raise Detached(execution_id) from e
 
     def execution(self, execution_id: str) -> ExecutionRecord:
         record = self.records.get_execution(execution_id)
@@ -383,18 +407,29 @@ class Client:
         )
         return execution, plan
 
-    def _enqueue(self, execution: ExecutionRecord, plan: Plan) -> None:
+    def _enqueue(self, execution: ExecutionRecord, plan: Plan, key: str | None = None) -> str:
         """Record first, then the stream: a dispatcher always finds the record.
 
         If the stream cannot be reached the record is taken back: a job that was
         never enqueued leaves nothing behind (no record stuck ``queued``).
+        Returns the execution id that stands for this submission: an earlier
+        one's, if ``key`` was already used.
         """
         r = self._queue()  # may start the embedded stack: that is not queue time
+        if key is not None:
+            earlier = self._claim_key(r, key, execution.execution_id)
+            if earlier is not None:
+                return earlier
         execution.submitted_at = time.time()
-        self.records.insert_execution(execution)
+        try:
+            self.records.insert_execution(execution)
+        except BaseException:
+            self._release_key(r, key, execution.execution_id)
+            raise
         try:
             enqueue(r, Job.of(execution, plan))
         except redis.RedisError as e:
+            self._release_key(r, key, execution.execution_id)
             try:
                 self.records.delete_execution(execution.execution_id)
             except StackError as gone:  # the records went away too: say what is left
@@ -405,6 +440,39 @@ class Client:
             raise EnqueueError(
                 f"could not enqueue on Redis ({type(e).__name__}: {e}); nothing was submitted"
             ) from e
+        return execution.execution_id
+
+    def _claim_key(self, r: redis.Redis, key: str, execution_id: str) -> str | None:
+        """Take an idempotency key for a new execution; None if taken, else the earlier id.
+
+        Of two submitters at once exactly one takes it (SET NX); the other gets
+        the winner's id once its record exists.
+        """
+        if not key or len(key) > MAX_KEY or not key.isprintable() or " " in key:
+            raise InputError(
+                f"idempotency key {key[:40]!r}: use 1 to {MAX_KEY} printable characters, no spaces"
+            )
+        name, ttl = keys.idempotency(key), int(self.settings.client.idempotency_s)
+        for _ in range(2):  # once more if the holder vanished without a record
+            if r.set(name, execution_id, nx=True, ex=ttl):
+                return None
+            earlier = (r.get(name) or b"").decode()
+            deadline = time.monotonic() + KEY_WAIT_S
+            while earlier and time.monotonic() < deadline:
+                if self.records.get_execution(earlier) is not None:
+                    return earlier
+                time.sleep(0.05)  # its submitter is between taking the key and recording
+            if earlier and r.get(name) == earlier.encode():
+                r.delete(name)  # held by a submit that died before recording anything
+        raise ConflictError(f"idempotency key {key!r} is busy; try again")
+
+    def _release_key(self, r: redis.Redis, key: str | None, execution_id: str) -> None:
+        if key is None:
+            return
+        with contextlib.suppress(redis.RedisError):
+            name = keys.idempotency(key)
+            if r.get(name) == execution_id.encode():
+                r.delete(name)
 
     def _subscribe(self, execution_id: str) -> _Events:
         return _Events(self._queue(), keys.events(execution_id))

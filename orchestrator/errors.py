@@ -120,3 +120,14 @@ class ExecutionFailed(OrchestratorError):
             f"execution {record.execution_id} {record.status.value}: {kind}: {message}"
         )
         self.record = record
+
+
+class Detached(KeyboardInterrupt):
+    """Raised when a wait is interrupted (Ctrl-C): the execution goes on without the waiter.
+
+    Carries ``execution_id``, so the caller can say how to follow or cancel it.
+    """
+
+    def __init__(self, execution_id: str):
+        super().__init__(execution_id)
+        self.execution_id = execution_id

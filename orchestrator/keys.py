@@ -36,6 +36,11 @@ def cancel_flag(execution_id: str) -> str:
     return f"{PREFIX}:cancel:{execution_id}"
 
 
+def idempotency(key: str) -> str:
+    """Holds the execution id submitted under a caller's idempotency key (expiring)."""
+    return f"{PREFIX}:key:{key}"
+
+
 def dispatcher_alive(consumer: str) -> str:
     """Expiring key a live dispatcher refreshes; `wtm health` counts them."""
     return f"{PREFIX}:alive:dispatcher:{consumer}"

@@ -94,6 +94,7 @@ class ClientSettings(BaseModel):
 
     poll_s: float = 2.0  # records check while waiting, in case an event was missed
     outage_s: float = 60.0  # a wait rides out the records being unreachable this long
+    idempotency_s: float = 24 * 3600.0  # a submit's idempotency key is remembered this long
     cancel_ttl_s: float = 7 * 24 * 3600.0  # how long a cancel request is remembered
 
 
