@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import executions, pipeline, stack, task, worker
+from cli import dlq, executions, pipeline, stack, task, worker
 from cli.common import CleanErrors
 from cli.run import run
 
@@ -25,6 +25,7 @@ app.add_typer(task.app, name="task")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(worker.app, name="worker")
 app.add_typer(executions.app, name="executions")
+app.add_typer(dlq.app, name="dlq")
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from orchestrator.inputs import resolve_paths, shape_input, upload_files
 from orchestrator.intake import Job, enqueue
 from orchestrator.lifecycle import Event
 from orchestrator.models import (
+    DeadLetter,
     ExecutionRecord,
     ExecutionStatus,
     PipelineRecord,
@@ -321,6 +322,74 @@ class Client:
             raise InputError(f"unknown status {status!r}; one of {choices}") from e
         return self.records.list_executions(wanted, limit, target)
 
+    # dead letters ----------------------------------------------------------------
+    def dead_letters(self) -> list[DeadLetter]:
+        """Jobs moved to the dead-letter stream, oldest first, each with why."""
+        out = []
+        for entry_id, fields in self._queue().xrange(keys.DEAD_LETTERS):
+            dlq_id = entry_id.decode()
+            job = _job_or_none(fields)
+            record = self.records.get_execution(job.execution_id) if job else None
+            deliveries = fields.get(b"deliveries")
+            out.append(
+                DeadLetter(
+                    dlq_id=dlq_id,
+                    execution_id=job.execution_id if job else None,
+                    target=job.target if job else None,
+                    kind=job.kind if job else None,
+                    queue=job.queue if job else None,
+                    reason=fields.get(b"reason", b"").decode(),
+                    error=record.error.message if record and record.error else None,
+                    deliveries=int(deliveries) if deliveries else None,
+                    dead_at=int(dlq_id.split("-")[0]) / 1000,
+                )
+            )
+        return out
+
+    def replay_dead_letters(self, dlq_ids: list[str] | None = None) -> list[str]:
+        """Run dead-lettered jobs again, as new executions of the same plan and input.
+
+        ``None`` replays every one. Each replayed job leaves the dead-letter
+        stream once its new execution is enqueued; returns the new ids.
+        """
+        r = self._queue()
+        wanted = set(dlq_ids) if dlq_ids is not None else None
+        entries = {e.decode(): f for e, f in r.xrange(keys.DEAD_LETTERS)}
+        missing = sorted((wanted or set()) - set(entries))
+        if missing:
+            raise NotFoundError(f"no dead letter {missing[0]!r}; see `wtm dlq list`")
+        new_ids = []
+        for dlq_id, fields in entries.items():
+            if wanted is not None and dlq_id not in wanted:
+                continue
+            job = _job_or_none(fields)
+            if job is None:
+                raise InputError(f"dead letter {dlq_id} cannot be read as a job; purge it")
+            execution = ExecutionRecord(
+                execution_id=new_execution_id(),
+                kind=job.kind,
+                task_id=job.target if job.kind == "task" else None,
+                pipeline_id=job.target if job.kind == "pipeline" else None,
+                version=job.version,
+                priority=job.priority,
+                queue=job.queue,
+                input=job.input,
+                submitted_at=time.time(),
+                steps=job.plan.pending_steps(),
+            )
+            new_ids.append(self._enqueue(execution, job.plan))
+            r.xdel(keys.DEAD_LETTERS, dlq_id)
+        return new_ids
+
+    def purge_dead_letters(self, dlq_ids: list[str] | None = None) -> int:
+        """Delete dead letters (all of them by default); returns how many went.
+
+        Their execution records stay (``dead_lettered``) as history.
+        """
+        r = self._queue()
+        ids = dlq_ids if dlq_ids is not None else [e for e, _ in r.xrange(keys.DEAD_LETTERS)]
+        return r.xdel(keys.DEAD_LETTERS, *ids) if ids else 0
+
     def workers(self) -> list[WorkerRecord]:
         """Every replica's last heartbeat; silent ones are reported dead."""
         return worker_status(self.records, self.settings)
@@ -549,6 +618,13 @@ class _Events:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _job_or_none(fields: dict) -> Job | None:
+    try:
+        return Job.decode(fields)
+    except (ValueError, TypeError):  # written by another version, or corrupt
+        return None
 
 
 def _terminal(message: dict) -> bool:

@@ -391,13 +391,13 @@ class Dispatcher:
             if delivered.get(entry.entry_id, 0) > self.cfg.max_deliveries:
                 reason = f"delivered over {self.cfg.max_deliveries} times without finishing"
                 try:
-                    await self._dead_letter(entry, reason)
+                    await self._dead_letter(entry, reason, delivered.get(entry.entry_id))
                 except Exception:  # the next entry still gets its turn
                     log.exception("dead-lettering %s failed", entry.entry_id)
                 continue
             self._hold(entry)
 
-    async def _dead_letter(self, entry: Entry, reason: str) -> None:
+    async def _dead_letter(self, entry: Entry, reason: str, deliveries: int | None = None) -> None:
         """Move an entry to the dead-letter stream, its execution (if readable) recorded so."""
         job = _decode(entry)
         try:
@@ -410,6 +410,8 @@ class Dispatcher:
             await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
         self._failures.pop(entry.key, None)
         fields = {**entry.fields, "stream": entry.stream, "reason": reason}
+        if deliveries is not None:
+            fields["deliveries"] = deliveries
         await persist(lambda: self.redis.xadd(keys.DEAD_LETTERS, fields), "dead-lettering", log)
         await self._ack(entry)
         if event is not None:

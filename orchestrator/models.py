@@ -167,3 +167,17 @@ class WorkerRecord(BaseModel):
     memory: int | None = None
     started_at: float | None = None
     heartbeat_at: float | None = None
+
+
+class DeadLetter(BaseModel):
+    """One job in the dead-letter stream, with why it is there."""
+
+    dlq_id: str  # its entry id in the dead-letter stream
+    execution_id: str | None  # None: the message could not be read at all
+    target: str | None = None
+    kind: str | None = None
+    queue: str | None = None
+    reason: str
+    error: str | None = None  # the execution's last error, if its record has one
+    deliveries: int | None = None
+    dead_at: float  # when it was moved there (from the entry id)
