@@ -66,8 +66,10 @@ def build_archive(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _package_files(folder: Path) -> list[Path]:
-    files = []
+def _package_files(folder: Path, limits: Limits = Limits()) -> list[Path]:
+    """The files a package holds; PackageError past the limits extraction applies
+    (checked on their sizes before any is read, so a huge sparse file is refused)."""
+    files, total = [], 0
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).parts
         if any(p in _SKIP_DIRS for p in rel) or path.suffix == ".pyc":
@@ -76,6 +78,14 @@ def _package_files(folder: Path) -> list[Path]:
             raise PackageError(f"{path}: symbolic links are not packaged")
         if path.is_file():
             files.append(path)
+            total += path.stat().st_size
+            if total > limits.max_bytes:
+                raise PackageError(
+                    f"{folder}: package is over {limits.max_bytes // 2**20} MB unpacked "
+                    f"(at {path.relative_to(folder)}); a replica could never load it"
+                )
+            if len(files) > limits.max_files:
+                raise PackageError(f"{folder}: package has over {limits.max_files} files")
     return files
 
 

@@ -15,7 +15,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import NotFoundError, SpecError
-from orchestrator.taskspec import DEFAULT_PRIORITY, ID_PATTERN, describe
+from orchestrator.taskspec import DEFAULT_PRIORITY, ID_PATTERN, MAX_ID, describe
 
 _STRICT = ConfigDict(extra="forbid")
 PIPELINE_QUEUE = "pipelines"  # pipelines wait apart from tasks unless metadata says
@@ -25,8 +25,8 @@ class StepSpec(BaseModel):
     """One step: a task call, its dependencies, group and input mapping."""
 
     model_config = _STRICT
-    task_id: str = Field(pattern=ID_PATTERN)
-    step_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    task_id: str = Field(pattern=ID_PATTERN, max_length=MAX_ID)
+    step_id: str | None = Field(default=None, pattern=ID_PATTERN, max_length=MAX_ID)
     version: str | None = None
     timeout: float | None = Field(default=None, gt=0)
     retry_count: int | None = Field(default=None, ge=0)
@@ -68,7 +68,7 @@ class PipelineSpec(BaseModel):
     """A pipeline as its JSON describes it."""
 
     model_config = _STRICT
-    pipeline_id: str = Field(pattern=ID_PATTERN)
+    pipeline_id: str = Field(pattern=ID_PATTERN, max_length=MAX_ID)
     name: str | None = None
     description: str = ""
     enabled: bool = True

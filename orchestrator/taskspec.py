@@ -14,6 +14,7 @@ from orchestrator.errors import SpecError
 
 _STRICT = ConfigDict(extra="forbid")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_ID = 128  # ids name files, object keys and actors: long ones break those, so they are refused
 DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 5  # the seed's scale: 1 (low) to 10 (high)
 
@@ -49,16 +50,16 @@ class TaskSpec(BaseModel):
     """One task package's metadata, as written in its task.json."""
 
     model_config = _STRICT
-    task_id: str = Field(pattern=ID_PATTERN)
+    task_id: str = Field(pattern=ID_PATTERN, max_length=MAX_ID)
     name: str
-    version: str = Field(pattern=ID_PATTERN)
+    version: str = Field(pattern=ID_PATTERN, max_length=MAX_ID)
     entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
     description: str = ""
     author: str = ""
     category: str = "general"
     requirements: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
-    queue: str = Field(default=DEFAULT_QUEUE, pattern=ID_PATTERN)
+    queue: str = Field(default=DEFAULT_QUEUE, pattern=ID_PATTERN, max_length=MAX_ID)
     priority: int = Field(default=DEFAULT_PRIORITY, ge=1, le=10)
     # Unset stays None all the way to the plan: a pipeline's global_settings or the
     # system defaults fill it in there (orchestrator.policy.resolve_step_policy).

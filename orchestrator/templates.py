@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from orchestrator.errors import ConflictError, InputError
+from orchestrator.taskspec import MAX_ID
 
 TEMPLATES = ("simple", "ml", "vision")
 
@@ -131,6 +132,8 @@ def create(name: str, template: str, author: str, parent: Path) -> Path:
         raise InputError(f"unknown template {template!r}; one of {', '.join(TEMPLATES)}")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
         raise InputError(f"task name {name!r}: use letters, digits and underscores")
+    if len(name) > MAX_ID:
+        raise InputError(f"task name {name[:20]}...: {len(name)} characters, over {MAX_ID}")
     folder = Path(parent) / name
     if folder.exists():
         raise ConflictError(f"{folder} already exists")

@@ -363,6 +363,26 @@ def test_two_packages_with_the_same_module_names_load_side_by_side(tmp_path, obj
     assert (t1.metadata["version"], t2.metadata["version"]) == ("1.0.0", "2.0.0")
 
 
+def test_register_refuses_a_package_over_the_extraction_limit_and_stores_nothing(
+    tmp_path, records, objects, tasks
+):
+    folder = write_package(tmp_path / "pkg")
+    with open(folder / "weights.bin", "wb") as f:  # 1 GB, sparse: nothing is really written
+        f.truncate(1024**3)
+
+    with pytest.raises(PackageError, match=r"over 512 MB unpacked \(at weights\.bin\)"):
+        register(folder, tasks)
+    assert records.list_tasks() == [] and objects.list(keys.TASKS_BUCKET, "") == []
+
+
+def test_an_id_too_long_is_refused_in_one_line(tmp_path, records, tasks):
+    folder = write_package(tmp_path / "pkg", task_id="t" * 5000)
+
+    with pytest.raises(SpecError, match=r"field 'task_id': String should have at most 128"):
+        register(folder, tasks)
+    assert records.list_tasks() == []
+
+
 def test_register_names_a_missing_entry_point_and_stores_nothing(tmp_path, records, objects, tasks):
     folder = write_package(tmp_path / "pkg", entry_point="task.Missing")
 

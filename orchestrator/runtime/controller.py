@@ -62,6 +62,36 @@ def actor_options(spec: TaskSpec) -> dict[str, Any]:
     return options
 
 
+_RESOURCE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+
+
+def unplaceable(task_id: str, options: dict[str, Any], nodes: list[dict]) -> str | None:
+    """Why no live node of the cluster can hold a replica with these options, or None.
+
+    Checked against each node's total resources (what it has, busy or not), so
+    a replica that only waits for others to free up is not refused. A cluster
+    that adds nodes on demand is not foreseen: a resource no node has yet is refused.
+    """
+    wanted = {_RESOURCE_NAMES[k]: v for k, v in options.items() if k in _RESOURCE_NAMES and v}
+    wanted.update(options.get("resources") or {})
+    if not wanted:
+        return None
+    totals = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    if any(all(t.get(r, 0) >= amount for r, amount in wanted.items()) for t in totals):
+        return None
+    names = {v: k for k, v in _RESOURCE_NAMES.items()}
+
+    def most(r: str) -> float:
+        return max((t.get(r, 0) for t in totals), default=0)
+
+    short = [
+        f"{names.get(r, r)} {amount:g} (the most a node has: {most(r):g})"
+        for r, amount in wanted.items()
+        if most(r) < amount
+    ] or [", ".join(f"{names.get(r, r)} {a:g}" for r, a in wanted.items()) + " on one node"]
+    return f"task {task_id} needs {'; '.join(short)}: no node of the cluster can place it"
+
+
 @dataclass
 class ReplicaSet:
     """One task version's replicas, as the controller sees them."""
@@ -141,6 +171,8 @@ class Controller:
                 raise ReplicaUnavailable(f"no replica of {rs.key} could start: {rs.last_error}")
             if not rs.starting:
                 self._start_replica(rs)
+                if rs.last_error:  # it cannot be placed: said at once, not after a timeout
+                    continue
             await asyncio.wait_for(rs.changed.wait(), self.cfg.load_timeout_s)
         return ReplicaView(rs.generation, dict(rs.ready), rs.spec.replicas.max_concurrency)
 
@@ -345,6 +377,12 @@ class Controller:
             rs.bump()
 
     def _start_replica(self, rs: ReplicaSet) -> None:
+        options = actor_options(rs.spec)
+        why = unplaceable(rs.record.task_id, options, ray.nodes())
+        if why:  # no node could ever hold it: waiting for placement would wait forever
+            rs.last_error = why
+            rs.bump()
+            return
         name = keys.replica_name(rs.record.task_id, rs.record.version, rs.next_index)
         rs.next_index += 1
         handle = ReplicaActor.options(
@@ -352,7 +390,7 @@ class Controller:
             namespace=self.settings.ray.namespace,
             lifetime="detached",
             get_if_exists=True,
-            **actor_options(rs.spec),
+            **options,
         ).remote(self.settings, rs.record, name)
         rs.starting.add(name)
         self._background(self._await_ready(rs, name, handle))

@@ -58,6 +58,11 @@ def test_create_refuses_to_overwrite_and_unknown_templates(cli_env, tmp_path):
     assert again.exit_code == 4 and "already exists" in again.stderr
     bad = runner.invoke(app, ["task", "create", "x", "--template", "rnn", "--dir", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown template 'rnn'" in bad.stderr
+    long = runner.invoke(app, ["task", "create", "x" * 5000, "--dir", str(tmp_path)])
+    assert long.exit_code == 2 and "5000 characters, over 128" in long.stderr
+    assert len(long.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == [
+        tmp_path / "twice"
+    ]
 
 
 def test_delete_removes_a_version_from_records_and_objects(cli_env, client, tmp_path):
