@@ -188,8 +188,7 @@ class Controller:
             return
         handle = rs.ready.pop(name, None) or rs.draining.pop(name)
         rs.bump()
-        with contextlib.suppress(Exception):
-            ray.kill(handle, no_restart=True)
+        await self._kill(handle)
         await self._mark_worker(name, WorkerState.DEAD)
         log.warning("replica %s removed: %s", name, reason)
         await self._reconcile(rs)
@@ -221,8 +220,7 @@ class Controller:
         for key, rs in list(self.sets.items()):
             if task_id is None or rs.record.task_id == task_id:
                 for name, handle in [*rs.ready.items(), *rs.draining.items()]:
-                    with contextlib.suppress(Exception):
-                        ray.kill(handle, no_restart=True)
+                    await self._kill(handle)
                     await self._forget_worker(name)
                     stopped.append(name)
                 rs.ready.clear()
@@ -291,9 +289,8 @@ class Controller:
         for name, handle in list(rs.draining.items()):
             stats = await self._probe(handle, "stats")
             if stats is None or stats.get("in_flight", 0) == 0:
-                with contextlib.suppress(Exception):
-                    ray.kill(handle, no_restart=True)
                 rs.draining.pop(name, None)
+                await self._kill(handle)
                 await self._forget_worker(name)
 
     async def _probe_all(self) -> None:
@@ -401,8 +398,7 @@ class Controller:
         except Exception as e:  # noqa: BLE001 - could not be placed, or died loading
             log.error("replica %s did not start: %s", name, e)
             rs.last_error = f"{type(e).__name__}: {e}"[:300]
-            with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
+            await self._kill(handle)
             await self._mark_worker(name, WorkerState.DEAD)
             rs.starting.discard(name)
             rs.bump()
@@ -411,10 +407,20 @@ class Controller:
         if self.sets.get(rs.key) is rs:
             rs.ready[name] = handle
         else:  # the set was stopped while this replica loaded: it must not linger
-            with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
+            await self._kill(handle)
             await self._forget_worker(name)
         rs.bump()
+
+    async def _kill(self, handle: Any, wait_s: float = 10.0) -> None:
+        """Kill a replica and wait until it is gone, so no heartbeat of its lands after
+        its worker record is updated or forgotten."""
+        with contextlib.suppress(Exception):
+            ray.kill(handle, no_restart=True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if await self._probe(handle, "ping") is _DEAD:
+                return
+            await asyncio.sleep(0.05)
 
     async def _probe(self, handle: Any, method: str) -> Any:
         try:
