@@ -296,11 +296,16 @@ class Dispatcher:
         return event
 
     async def _ack(self, entry: Entry) -> None:
-        await persist(
-            lambda: self.redis.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id),
-            f"acknowledging {entry.entry_id}",
-            log,
-        )
+        """Acknowledge an entry and delete it: its record holds all it carried, so
+        the stream keeps only the jobs not yet done (Redis does not grow with history)."""
+
+        async def ack_and_delete() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
+            pipe.xdel(entry.stream, entry.entry_id)
+            await pipe.execute()
+
+        await persist(ack_and_delete, f"acknowledging {entry.entry_id}", log)
 
     # leases and recovery -------------------------------------------------------
     async def _renew(self) -> None:

@@ -61,9 +61,11 @@ class Job(BaseModel):
         return cls.model_validate(json.loads(raw))
 
 
-def enqueue(r: redis.Redis, job: Job) -> None:
-    """Add the job to its stream, and its queue to the set dispatchers read, in one step."""
+def enqueue(r: redis.Redis, job: Job) -> str:
+    """Add the job to its stream, and its queue to the set dispatchers read, in one step;
+    returns the stream entry's id."""
     pipe = r.pipeline(transaction=True)
     pipe.sadd(keys.QUEUES_SET, job.queue)
     pipe.xadd(job.stream, job.encode())
-    pipe.execute()
+    _, entry_id = pipe.execute()
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id

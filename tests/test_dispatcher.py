@@ -117,9 +117,7 @@ def prepare(settings: Settings, task_id: str, queue: str, priority: int = 5) -> 
 
 def send(settings: Settings, job: Job) -> str:
     """Add the job to its stream; returns the entry id."""
-    r = redis.Redis.from_url(settings.redis.url)
-    enqueue(r, job)
-    return r.xrevrange(job.stream, count=1)[0][0].decode()
+    return enqueue(redis.Redis.from_url(settings.redis.url), job)
 
 
 def submit(settings: Settings, task_id: str, queue: str, priority: int = 5) -> tuple[str, str]:
@@ -161,7 +159,9 @@ def test_a_job_is_run_recorded_acknowledged_and_announced(settings, serve):
     record = open_records(settings).get_execution(job.execution_id)
     assert record.status == ExecutionStatus.SUCCEEDED and record.result == {"echo": "echo"}
     assert record.queue_wait is not None and record.steps[0].attempts == 1
-    assert pending(settings, "q_run") == 0  # acknowledged
+    assert pending(settings, "q_run") == 0  # acknowledged ...
+    r = redis.Redis.from_url(settings.redis.url)
+    assert r.xlen(keys.stream("q_run", "normal")) == 0  # ... and trimmed: nothing kept
     assert [e.status for e in events] == [ExecutionStatus.RUNNING, ExecutionStatus.SUCCEEDED]
 
 
