@@ -43,7 +43,7 @@ class Caller:
         call, so a job cancelled while it waited for the slot never starts.
         """
         try:
-            name, replica = await self.router.acquire(step)
+            name, replica = await self.router.acquire(step, call.priority)
         except (OrchestratorError, ray.exceptions.RayError) as e:  # placement, loading
             return failure(step.task_id, time.time(), getattr(e, "cause", None) or e), None
         started = time.time()

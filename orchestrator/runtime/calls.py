@@ -25,6 +25,7 @@ class StepCall:
     keep_as: str | None = None  # object key to keep the output under, for resuming
     timeout: float | None = None  # seconds from the call's start on its replica
     call_key: str | None = None  # one execution's step: a redelivered call joins a running one
+    priority: int = 5  # the execution's: orders the wait for a replica slot
 
 
 @dataclass

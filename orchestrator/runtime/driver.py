@@ -136,6 +136,7 @@ class Driver:
             keep_as if run.plan.keep_outputs else None,
             step.policy.timeout,
             keep_as,
+            run.record.priority,
         )
         args = (run.input_ref, *(run.outputs[r] for r in step.reads))
         cancelled = functools.partial(self.store.cancelled, run.record.execution_id)

@@ -3,16 +3,21 @@
 Handles come from a :class:`ReplicaSource` (the controller) and are cached, so
 a call costs no Ray lookup. The router counts its own calls per replica, sends
 each call to the replica with the fewest, and holds a call back while every
-replica is at the set's ``max_concurrency`` (so a call's timeout starts when
-it really starts). Every ``report_s`` it reports its demand to the source,
-whose answer says which sets changed.
+replica is at the set's ``max_concurrency``. Calls held back take a free slot
+in order of priority, then arrival, with aging: a call gains one priority
+level for every ``AGING_S`` it waits, so a stream of high-priority calls
+cannot starve a low one forever. Every ``report_s`` it reports its demand to
+the source, whose answer says which sets changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +25,8 @@ from orchestrator import keys
 from orchestrator.plan import PlannedStep
 
 log = logging.getLogger("wtm.router")
+
+AGING_S = 10.0  # a waiting call gains one priority level this often
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,8 @@ class Route:
     outstanding: dict[str, int] = field(default_factory=dict)
     limit: int = 1
     demand: int = 0  # calls waiting for or running on this set
-    freed: asyncio.Event = field(default_factory=asyncio.Event)
+    freed: asyncio.Event = field(default_factory=asyncio.Event)  # replaced on each signal
+    waiting: list[tuple[float, int]] = field(default_factory=list)  # heap of (rank, ticket)
     stale: bool = True
     sha256: str | None = None  # the package the handles run
 
@@ -118,37 +126,53 @@ class Router:
         self.wait_s = wait_s
         self.routes: dict[str, Route] = {}
         self._reporter: asyncio.Task | None = None
+        self._tickets = itertools.count()
 
-    async def acquire(self, step: PlannedStep) -> tuple[str, Any]:
-        """A replica of the step's task with a free slot (waits for one); pair with release."""
+    async def acquire(self, step: PlannedStep, priority: int = 5) -> tuple[str, Any]:
+        """A replica of the step's task with a free slot (waits for one); pair with release.
+
+        Among calls waiting for this set, the one with the highest priority
+        (aged by its wait) takes the next free slot; equal ones, the earliest.
+        """
         self._ensure_reporting()
         key = keys.set_key(step.task_id, step.version)
         route = self.routes.setdefault(key, Route())
         route.demand += 1
         if route.sha256 != step.package_sha256:  # re-registered with --force: new replicas
             route.stale = True
+        # Aging without re-sorting: every waiter's rank grows at the same rate, so
+        # ranking by priority minus arrival (in levels) keeps one order for good.
+        ticket = (-(priority - time.monotonic() / AGING_S), next(self._tickets))
+        heapq.heappush(route.waiting, ticket)
         try:
             while True:
                 if route.stale or not route.handles:
                     await self._refresh(step, route)
-                name = _least_loaded(route)
+                signal = route.freed
+                name = _least_loaded(route) if route.waiting[0] == ticket else None
                 if name is not None:
+                    heapq.heappop(route.waiting)
                     route.outstanding[name] += 1
+                    _signal(route)  # the next in line may find a slot too
                     return name, route.handles[name]
-                route.freed.clear()
                 with contextlib.suppress(TimeoutError):  # (wait_for can swallow a cancel)
                     async with asyncio.timeout(self.wait_s):
-                        await route.freed.wait()
+                        await signal.wait()
         except BaseException:
             route.demand -= 1
             raise
+        finally:
+            if ticket in route.waiting:  # cancelled or failed while waiting: out of line
+                route.waiting.remove(ticket)
+                heapq.heapify(route.waiting)
+                _signal(route)
 
     def release(self, step: PlannedStep, name: str) -> None:
         route = self.routes[keys.set_key(step.task_id, step.version)]
         route.demand -= 1
         if name in route.outstanding:
             route.outstanding[name] -= 1
-        route.freed.set()
+        _signal(route)
 
     def failed(self, step: PlannedStep, name: str, reason: str) -> None:
         """Stop routing to a replica and have the source replace it."""
@@ -158,6 +182,7 @@ class Router:
             route.handles.pop(name, None)
             route.outstanding.pop(name, None)
             route.stale = True
+            _signal(route)
         self.source.replica_failed(key, name, reason)
 
     async def report(self) -> None:
@@ -187,7 +212,13 @@ class Router:
         route.limit = view.max_concurrency
         route.sha256 = step.package_sha256
         route.outstanding = {name: route.outstanding.get(name, 0) for name in view.handles}
-        route.freed.set()
+        _signal(route)
+
+
+def _signal(route: Route) -> None:
+    """Wake every call waiting on the route (each checks whether it is next)."""
+    route.freed.set()
+    route.freed = asyncio.Event()
 
 
 def _least_loaded(route: Route) -> str | None:

@@ -100,3 +100,55 @@ def test_a_report_marks_the_sets_that_changed_since_they_were_fetched():
         assert source.demand == {"t@1": 0}
 
     asyncio.run(scenario())
+
+
+def test_a_free_slot_goes_to_the_highest_priority_waiting_then_the_earliest():
+    async def scenario():
+        r = router(Replicas(["r0"], limit=1))
+        busy, _ = await r.acquire(step())
+        order: list[str] = []
+
+        async def wait(label: str, priority: int):
+            name, _ = await r.acquire(step(), priority)
+            order.append(label)
+            r.release(step(), name)
+
+        waiters = []
+        for label, priority in [("low-1", 1), ("low-2", 1), ("high", 9), ("low-3", 1)]:
+            waiters.append(asyncio.create_task(wait(label, priority)))
+            for _ in range(3):  # each is in line before the next arrives
+                await asyncio.sleep(0)
+        r.release(step(), busy)
+        await asyncio.wait_for(asyncio.gather(*waiters), 5)
+        assert order == ["high", "low-1", "low-2", "low-3"]
+        assert r.routes["t@1"].waiting == [] and r.routes["t@1"].demand == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_long_wait_outranks_a_higher_priority_that_just_arrived(monkeypatch):
+    from orchestrator.runtime import router as router_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(router_module.time, "monotonic", lambda: clock[0])
+
+    async def scenario():
+        r = router(Replicas(["r0"], limit=1))
+        busy, _ = await r.acquire(step())
+        order: list[str] = []
+
+        async def wait(label: str, priority: int):
+            name, _ = await r.acquire(step(), priority)
+            order.append(label)
+            r.release(step(), name)
+
+        old = asyncio.create_task(wait("priority 1, waiting 90 s", 1))
+        await asyncio.sleep(0)
+        clock[0] += 90  # nine levels of aging: 1 + 9 > 9
+        new = asyncio.create_task(wait("priority 9, just in", 9))
+        await asyncio.sleep(0)
+        r.release(step(), busy)
+        await asyncio.wait_for(asyncio.gather(old, new), 5)
+        assert order == ["priority 1, waiting 90 s", "priority 9, just in"]
+
+    asyncio.run(scenario())
