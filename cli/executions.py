@@ -82,12 +82,12 @@ def show(
 
 @app.command()
 def cancel(ctx: typer.Context, execution_id: str) -> None:
-    """Cancel a queued execution, or a running pipeline before its next step."""
+    """Cancel a queued or running execution (a running step is stopped with its replica)."""
     record = state(ctx).client.cancel(execution_id)
     if record.status == ExecutionStatus.CANCELLED:
         console.print(f"{execution_id} cancelled")
     else:
-        console.print(f"{execution_id} is running: no further step will start")
+        console.print(f"{execution_id} is running: its running step is being stopped")
 
 
 @app.command()

@@ -285,10 +285,11 @@ class Client:
         return record
 
     def cancel(self, execution_id: str) -> ExecutionRecord:
-        """Cancel a queued execution, or a running one before its next step starts.
+        """Cancel a queued or running execution.
 
-        A step already running finishes (Ray cannot interrupt it); the steps
-        after it are recorded ``cancelled``.
+        A running step is stopped within about a second by killing its replica
+        (a fresh one replaces it; other calls it was serving are retried), and
+        it and the steps after it are recorded ``cancelled``.
         """
         record = self.execution(execution_id)
         if record.status.terminal:

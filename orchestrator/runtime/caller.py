@@ -21,6 +21,23 @@ from orchestrator.plan import PlannedStep
 from orchestrator.runtime.calls import CancelCheck, Outcome, StepCall, failure
 from orchestrator.runtime.router import Router
 
+CANCEL_POLL_S = 1.0  # a running call checks this often whether it was cancelled
+
+
+async def _unless_cancelled(outcome_ref: Any, cancelled: CancelCheck) -> Any:
+    """The call's outcome, or Cancelled as soon as a check finds the execution cancelled."""
+    outcome = asyncio.ensure_future(outcome_ref)
+    try:
+        while True:
+            done, _ = await asyncio.wait({outcome}, timeout=CANCEL_POLL_S)
+            if done:
+                return outcome.result()
+            if await cancelled():
+                raise Cancelled(lifecycle.CANCELLED_BY_USER)
+    finally:
+        if not outcome.done():
+            outcome.cancel()
+
 
 class Caller:
     """Runs step attempts on replicas through a router (an :class:`~.driver.Executor`)."""
@@ -40,7 +57,10 @@ class Caller:
         """One attempt; a hung replica is killed, a dead one replaced.
 
         ``cancelled`` is asked once a replica slot is free, right before the
-        call, so a job cancelled while it waited for the slot never starts.
+        call, so a job cancelled while it waited for the slot never starts; and
+        every ``CANCEL_POLL_S`` while the call runs: a cancelled call has its
+        replica killed (a running method cannot be interrupted otherwise) and
+        replaced, and raises :class:`~orchestrator.errors.Cancelled`.
         """
         try:
             name, replica = await self.router.acquire(step, call.priority)
@@ -51,7 +71,10 @@ class Caller:
             if await cancelled():
                 raise Cancelled(lifecycle.CANCELLED_BY_USER)
             outcome_ref, result_ref = replica.run_step.remote(call, *args)
-            outcome = await outcome_ref
+            outcome = await _unless_cancelled(outcome_ref, cancelled)
+        except Cancelled:
+            self.router.failed(step, name, "its call was cancelled")
+            raise
         except ray.exceptions.RayActorError as e:
             self.router.failed(step, name, "died")
             return failure(name, started, e, retryable=True, message=f"replica {name} died"), None

@@ -16,10 +16,9 @@ from tests.helpers import wait_until
 runner = CliRunner()
 
 
-def test_cancelling_a_running_pipeline_stops_it_before_the_next_step(client, tmp_path):
-    body = (
-        "import pathlib, time\npathlib.Path(input_data['marker']).touch()\ntime.sleep(2)\nreturn {}"
-    )
+def test_cancelling_a_running_pipeline_stops_its_step_and_starts_no_other(client, tmp_path):
+    body = "import pathlib, time\npathlib.Path(input_data['marker']).touch()\n"
+    body += "time.sleep(20)\nreturn {}"
     client.register_task(make_task(tmp_path, "slow_first", body))
     client.register_task(make_task(tmp_path, "never_second", "return {'ran': True}"))
     path = tmp_path / "cancel_me.json"
@@ -43,9 +42,39 @@ def test_cancelling_a_running_pipeline_stops_it_before_the_next_step(client, tmp
     record = client.wait(execution_id, timeout=60)
 
     assert record.status == ExecutionStatus.CANCELLED
-    assert [s.status for s in record.steps] == ["succeeded", "cancelled"]
+    assert [s.status for s in record.steps] == ["cancelled", "cancelled"]
     with pytest.raises(ConflictError, match=r"has already ended \(cancelled\)"):
         client.cancel(execution_id)
+
+
+def test_cancelling_a_running_step_stops_it_and_the_next_job_runs_on_a_fresh_replica(
+    client, tmp_path
+):
+    body = (
+        "import pathlib, time\n"
+        "pathlib.Path(input_data['marker']).touch()\n"
+        "time.sleep(input_data['sleep'])\n"
+        "pathlib.Path(input_data['marker'] + '.finished').touch()\n"
+        "return {}"
+    )
+    client.register_task(make_task(tmp_path, "long_step", body, timeout=120))
+    marker = tmp_path / "long"
+    execution_id = client.submit("long_step", {"marker": str(marker), "sleep": 30})
+    wait_until(marker.exists, what="the step to start")
+    busy = wait_until(
+        lambda: [w.worker_id for w in client.workers() if w.task_id == "long_step" and w.in_flight],
+        what="its replica to report the call",
+    )
+
+    client.cancel(execution_id)
+    record = client.wait(execution_id, timeout=15)  # not the 30 s the step would take
+
+    assert record.status == ExecutionStatus.CANCELLED
+    assert record.steps[0].status.value == "cancelled"
+    after = client.run("long_step", {"marker": str(tmp_path / "next"), "sleep": 0}, timeout=60)
+    assert after.status == ExecutionStatus.SUCCEEDED
+    assert after.steps[0].worker_id not in busy  # a fresh replica: the busy one was killed
+    assert not (tmp_path / "long.finished").exists()  # its body was stopped with its replica
 
 
 def test_cancelling_a_job_that_waits_for_a_busy_replica_stops_it(client, tmp_path):
