@@ -102,16 +102,23 @@ def test_a_report_marks_the_sets_that_changed_since_they_were_fetched():
     asyncio.run(scenario())
 
 
+def in_line(r: Router, order: list[str]):
+    """A call that waits for a slot at a priority, notes its turn in ``order``, then leaves."""
+
+    async def wait(label: str, priority: int):
+        name, _ = await r.acquire(step(), priority)
+        order.append(label)
+        r.release(step(), name)
+
+    return wait
+
+
 def test_a_free_slot_goes_to_the_highest_priority_waiting_then_the_earliest():
     async def scenario():
         r = router(Replicas(["r0"], limit=1))
         busy, _ = await r.acquire(step())
         order: list[str] = []
-
-        async def wait(label: str, priority: int):
-            name, _ = await r.acquire(step(), priority)
-            order.append(label)
-            r.release(step(), name)
+        wait = in_line(r, order)
 
         waiters = []
         for label, priority in [("low-1", 1), ("low-2", 1), ("high", 9), ("low-3", 1)]:
@@ -136,11 +143,7 @@ def test_a_long_wait_outranks_a_higher_priority_that_just_arrived(monkeypatch):
         r = router(Replicas(["r0"], limit=1))
         busy, _ = await r.acquire(step())
         order: list[str] = []
-
-        async def wait(label: str, priority: int):
-            name, _ = await r.acquire(step(), priority)
-            order.append(label)
-            r.release(step(), name)
+        wait = in_line(r, order)
 
         old = asyncio.create_task(wait("priority 1, waiting 90 s", 1))
         await asyncio.sleep(0)
