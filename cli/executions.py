@@ -1,4 +1,4 @@
-"""`wtm executions list | show`: the history in the records."""
+"""`wtm executions list | show | cancel | retry | prune`: the history in the records."""
 
 from __future__ import annotations
 
@@ -106,3 +106,27 @@ def retry(
         print_json({"execution_id": outcome})
     else:
         console.print(outcome)
+
+
+@app.command()
+def prune(
+    ctx: typer.Context,
+    older_than: str | None = typer.Option(
+        None,
+        "--older-than",
+        help="Age such as 30d, 12h, 90m (default: the retention setting, 30d).",
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Forget finished executions older than this, with their results, kept outputs,
+    unused uploaded inputs and dead letters; queued and running ones stay."""
+    client = state(ctx).client
+    if as_json:
+        print_json(client.prune(older_than).as_dict())
+        return
+    with console.status("pruning") as status:
+        pruned = client.prune(older_than, progress=lambda what: status.update(f"pruning {what}"))
+    console.print(
+        f"pruned {pruned.executions} execution(s), {pruned.objects} object(s), "
+        f"{pruned.dead_letters} dead letter(s), {pruned.workers} worker row(s)"
+    )

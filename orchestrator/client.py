@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,13 @@ from orchestrator.errors import (
     StackError,
     StoreUnavailable,
 )
-from orchestrator.inputs import resolve_paths, shape_input, upload_files
+from orchestrator.inputs import (
+    load_document,
+    offload_document,
+    resolve_paths,
+    shape_input,
+    upload_files,
+)
 from orchestrator.intake import Job, enqueue
 from orchestrator.lifecycle import Event
 from orchestrator.models import (
@@ -45,6 +52,7 @@ from orchestrator.pipelinespec import load_file
 from orchestrator.plan import Plan, task_plan, task_queue
 from orchestrator.records import RecordStore, open_records
 from orchestrator.resilience import redis_client
+from orchestrator.retention import Pruned, parse_duration, prune
 from orchestrator.runner import TaskRunner, validate_input
 from orchestrator.settings import Settings, load_settings
 from orchestrator.workers import worker_status
@@ -309,9 +317,10 @@ class Client:
         old = self.execution(execution_id)
         if not old.status.terminal:
             raise ConflictError(f"execution {execution_id} is still {old.status.value}")
+        document = load_document(old.input, old.input_ref, self.objects)
         if wait:
-            return self.run(old.target, old.input, priority=old.priority, version=old.version)
-        return self.submit(old.target, old.input, priority=old.priority, version=old.version)
+            return self.run(old.target, document, priority=old.priority, version=old.version)
+        return self.submit(old.target, document, priority=old.priority, version=old.version)
 
     def executions(
         self, status: str | None = None, limit: int = 50, target: str | None = None
@@ -322,6 +331,33 @@ class Client:
             choices = ", ".join(s.value for s in ExecutionStatus)
             raise InputError(f"unknown status {status!r}; one of {choices}") from e
         return self.records.list_executions(wanted, limit, target)
+
+    # retention -------------------------------------------------------------------
+    def prune(
+        self,
+        older_than: float | str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Pruned:
+        """Forget finished executions submitted longer ago than ``older_than`` (seconds,
+        or a duration such as ``"30d"``; default: the retention setting), with their
+        results, kept step outputs, unused uploaded inputs and dead letters.
+
+        Queued and running executions stay, whatever their age.
+        """
+        if older_than is None:
+            days = self.settings.retention.older_than_days
+            if not days:
+                raise InputError("give older_than: retention.older_than_days is 0 (off)")
+            older_than = days * 86400
+        if isinstance(older_than, str):
+            try:
+                older_than = parse_duration(older_than)
+            except ValueError as e:
+                raise InputError(str(e)) from None
+        if older_than < 0:
+            raise InputError(f"older_than {older_than:g}s: must not be negative")
+        before = time.time() - older_than
+        return prune(self.records, self.objects, self._queue(), before, progress=progress)
 
     # dead letters ----------------------------------------------------------------
     def dead_letters(self) -> list[DeadLetter]:
@@ -375,6 +411,7 @@ class Client:
                 priority=job.priority,
                 queue=job.queue,
                 input=job.input,
+                input_ref=job.input_ref,
                 submitted_at=time.time(),
                 steps=job.plan.pending_steps(),
             )
@@ -486,6 +523,11 @@ class Client:
         one's, if ``key`` was already used.
         """
         r = self._queue()  # may start the embedded stack: that is not queue time
+        if execution.input_ref is None:
+            limits = self.settings.client
+            execution.input, execution.input_ref = offload_document(
+                execution.input, self.objects, limits.inline_input_bytes, limits.max_input_bytes
+            )
         if key is not None:
             earlier = self._claim_key(r, key, execution.execution_id)
             if earlier is not None:

@@ -290,7 +290,7 @@ class Dispatcher:
         if record is None or record.status.terminal:
             return None
         await self.store.save(record, lifecycle.start(record, time.time()))
-        verdict = await self.driver.run(job.plan, job.input, record)
+        verdict = await self.driver.run(job.plan, await self.store.input_of(job), record)
         event = lifecycle.finish(record, verdict, time.time())
         await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
         return event

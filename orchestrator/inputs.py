@@ -111,7 +111,39 @@ def upload_files(document: Any, objects: ObjectStore) -> Any:
     for name, value in local_paths(document):
         data = Path(value).read_bytes()
         key = keys.input_key(hashlib.sha256(data).hexdigest(), Path(value).name)
-        if not objects.exists(keys.DATA_BUCKET, key):
-            objects.put(keys.DATA_BUCKET, key, data)
-        out[name] = f"s3://{keys.DATA_BUCKET}/{key}"
+        objects.put(keys.DATA_BUCKET, key, data)  # even if there: its time says it is in use
+        out[name] = keys.data_uri(key)
     return out
+
+
+def offload_document(
+    document: Any, objects: ObjectStore, inline_bytes: int, max_bytes: int
+) -> tuple[Any, str | None]:
+    """(document, None) when it is small enough to travel in the job and the record;
+    else (None, URI of its copy in the object store). Over ``max_bytes`` it is refused.
+
+    A large input in the stream would sit in Redis's memory and AOF, and in
+    every record read; in the object store it is read once, by the dispatcher.
+    """
+    data = json.dumps(document).encode()
+    if len(data) > max_bytes:
+        raise InputError(
+            f"input is {_mb(len(data))}, over the {_mb(max_bytes)} limit "
+            "(client.max_input_bytes); pass large data as files in *_path fields"
+        )
+    if len(data) <= inline_bytes:
+        return document, None
+    key = keys.input_document_key(hashlib.sha256(data).hexdigest())
+    objects.put(keys.DATA_BUCKET, key, data)
+    return None, keys.data_uri(key)
+
+
+def load_document(document: Any, ref: str | None, objects: ObjectStore) -> Any:
+    """The input document, read back from the object store if it was offloaded."""
+    if ref is None:
+        return document
+    return json.loads(objects.get(keys.DATA_BUCKET, keys.data_key(ref)))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"

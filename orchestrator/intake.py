@@ -30,6 +30,7 @@ class Job(BaseModel):
     priority: int
     submitted_at: float
     input: Any = None
+    input_ref: str | None = None  # an input too large to travel inline, in the object store
     plan: Plan
 
     @classmethod
@@ -44,6 +45,7 @@ class Job(BaseModel):
             priority=execution.priority,
             submitted_at=execution.submitted_at,
             input=execution.input,
+            input_ref=execution.input_ref,
             plan=plan,
         )
 

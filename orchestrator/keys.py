@@ -127,6 +127,21 @@ def input_key(sha256: str, filename: str) -> str:
     return f"inputs/{sha256}/{filename}"
 
 
+def input_document_key(sha256: str) -> str:
+    """An input document too large to travel inline, content-addressed."""
+    return f"inputs/{sha256}/input.json"
+
+
+def data_uri(key: str) -> str:
+    """How records and jobs name an object of the data bucket, on any store."""
+    return f"s3://{DATA_BUCKET}/{key}"
+
+
+def data_key(uri: str) -> str:
+    """The key of a :func:`data_uri`."""
+    return uri.removeprefix(f"s3://{DATA_BUCKET}/")
+
+
 def cache_key(task_id: str, digest: str) -> str:
     """A cached step output: the digest covers the package sha256 and the input."""
     return f"cache/{task_id}/{digest}.json"

@@ -91,7 +91,7 @@ class StepRecord(BaseModel):
     node: str | None = None
     error: ErrorInfo | None = None
     cache_hit: bool = False
-    memory_usage: int | None = None  # the replica's resident memory after the step
+    memory_usage: int | None = None  # the step's peak memory on its replica, in bytes
 
 
 class ExecutionRecord(BaseModel):
@@ -106,6 +106,7 @@ class ExecutionRecord(BaseModel):
     priority: int = DEFAULT_PRIORITY
     queue: str = DEFAULT_QUEUE
     input: Any = None
+    input_ref: str | None = None  # set when the input was too large to keep inline
     submitted_at: float
     started_at: float | None = None
     finished_at: float | None = None

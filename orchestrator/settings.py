@@ -96,6 +96,15 @@ class ClientSettings(BaseModel):
     outage_s: float = 60.0  # a wait rides out the records being unreachable this long
     idempotency_s: float = 24 * 3600.0  # a submit's idempotency key is remembered this long
     cancel_ttl_s: float = 7 * 24 * 3600.0  # how long a cancel request is remembered
+    inline_input_bytes: int = 64 * 1024  # larger inputs travel through the object store
+    max_input_bytes: int = 256 * 2**20  # larger ones are refused: send files instead
+
+
+class RetentionSettings(BaseModel):
+    """How long finished executions, and all kept for them, stay (see orchestrator.retention)."""
+
+    older_than_days: float = Field(default=30.0, ge=0)  # 0: never prune by itself
+    every_s: float = Field(default=3600.0, gt=0)  # how often the controller prunes
 
 
 class TaskOverrides(BaseModel):
@@ -139,6 +148,7 @@ class Settings(BaseSettings):
     steps: StepSettings = Field(default_factory=StepSettings)
     client: ClientSettings = Field(default_factory=ClientSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -227,6 +237,7 @@ def translate_seed_config(data: dict[str, Any], source: str = "config.json") -> 
         "controller",
         "steps",
         "client",
+        "retention",
         "home",
     }
     unknown = sorted(set(data) - known)
@@ -249,7 +260,7 @@ def translate_seed_config(data: dict[str, Any], source: str = "config.json") -> 
         out["worker"] = data["worker"]
     if "logging" in data and "level" in data["logging"]:
         out["log_level"] = data["logging"]["level"]
-    for key in ("ray", "dispatcher", "controller", "steps", "client", "home"):
+    for key in ("ray", "dispatcher", "controller", "steps", "client", "retention", "home"):
         if key in data:
             out[key] = data[key]
     return out

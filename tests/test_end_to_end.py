@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator import Client
 from orchestrator.errors import InputError, NotFoundError, ValidationError
 from orchestrator.models import ExecutionStatus
+from orchestrator.settings import ClientSettings
 from tests.conftest import IMAGES, make_task
 
 
@@ -97,3 +99,30 @@ def test_output_schema_violation_fails_the_execution(client, tmp_path):
     assert record.status == ExecutionStatus.FAILED
     assert record.error.type == "ValidationError"
     assert "label" in record.error.message
+
+
+def test_a_large_input_reaches_the_task_whole_through_the_object_store(client, tmp_path):
+    make_task(tmp_path, "input_size", "return {'size': len(input_data['blob'])}")
+    client.register_task(tmp_path / "input_size", force=True)
+    blob = "z" * (client.settings.client.inline_input_bytes * 3)
+
+    record = client.run("input_size", {"blob": blob})
+
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    assert record.result == {"size": len(blob)}
+    assert record.input is None and record.input_ref  # not kept in the record nor the stream
+
+
+def test_an_input_over_the_cap_is_refused_and_nothing_is_recorded(client, tmp_path):
+    make_task(tmp_path, "input_cap", "return {}")
+    client.register_task(tmp_path / "input_cap", force=True)
+    capped = Client(
+        client.settings.model_copy(update={"client": ClientSettings(max_input_bytes=1000)})
+    )
+    before = len(client.executions(target="input_cap", limit=-1))
+
+    with pytest.raises(InputError, match=r"over the .* limit"):
+        capped.submit("input_cap", {"blob": "z" * 2000})
+
+    assert len(client.executions(target="input_cap", limit=-1)) == before
+    capped.close()

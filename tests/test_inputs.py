@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import keys
 from orchestrator.errors import InputError
-from orchestrator.inputs import parse_input, resolve_paths, shape_input
+from orchestrator.inputs import (
+    load_document,
+    offload_document,
+    parse_input,
+    resolve_paths,
+    shape_input,
+)
+from orchestrator.objects.local import LocalObjectStore
 
 FACE_DETECTION = Path(__file__).resolve().parent.parent / "task_pkgs" / "face_detection"
 
@@ -162,3 +170,37 @@ def test_a_directory_is_not_a_file(tmp_path):
 
     with pytest.raises(InputError, match="image_path"):
         resolve_paths({"image_path": "photos"}, tmp_path)
+
+
+# Inputs too large to travel inline ------------------------------------------
+
+
+def test_a_small_input_stays_inline(tmp_path):
+    objects = LocalObjectStore(tmp_path)
+    document = {"text": "short"}
+
+    assert offload_document(document, objects, inline_bytes=100, max_bytes=1000) == (
+        document,
+        None,
+    )
+    assert objects.list(keys.DATA_BUCKET) == []
+
+
+def test_a_large_input_goes_to_the_object_store_and_reads_back_whole(tmp_path):
+    objects = LocalObjectStore(tmp_path)
+    document = {"text": "x" * 500, "n": [1, 2, 3]}
+
+    inline, ref = offload_document(document, objects, inline_bytes=100, max_bytes=1000)
+
+    assert inline is None and ref.startswith(f"s3://{keys.DATA_BUCKET}/inputs/")
+    assert load_document(inline, ref, objects) == document
+
+
+def test_an_input_over_the_cap_is_refused_naming_its_size_and_the_setting(tmp_path):
+    objects = LocalObjectStore(tmp_path)
+
+    with pytest.raises(InputError, match=r"input is 1\.0 MB, over the 0\.5 MB limit") as e:
+        offload_document({"x": "y" * 2**20}, objects, inline_bytes=100, max_bytes=2**19)
+
+    assert "client.max_input_bytes" in str(e.value) and "\n" not in str(e.value)
+    assert objects.list(keys.DATA_BUCKET) == []

@@ -29,6 +29,9 @@ class ObjectStore(Protocol):
     def list(self, bucket: str, prefix: str = "") -> list[str]:
         """Keys under prefix, sorted."""
 
+    def list_modified(self, bucket: str, prefix: str = "") -> dict[str, float]:
+        """Keys under prefix, each with when it was last written (epoch seconds)."""
+
     def uri(self, bucket: str, key: str) -> str:
         """A URI naming the object, e.g. ``s3://bucket/key`` or ``file:///...``."""
 

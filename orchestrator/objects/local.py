@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -55,15 +56,21 @@ class LocalObjectStore:
             path.unlink(missing_ok=True)
 
     def list(self, bucket: str, prefix: str = "") -> list[str]:
+        return sorted(self.list_modified(bucket, prefix))
+
+    def list_modified(self, bucket: str, prefix: str = "") -> dict[str, float]:
         base = self.root / bucket
         if not base.is_dir():
-            return []
-        keys = (
-            p.relative_to(base).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".tmp-")
-        )
-        return sorted(k for k in keys if k.startswith(prefix))
+            return {}
+        found = {}
+        for path in base.rglob("*"):
+            key = path.relative_to(base).as_posix()
+            if not key.startswith(prefix) or path.name.startswith(".tmp-"):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # deleted while listing
+                if path.is_file():
+                    found[key] = path.stat().st_mtime
+        return found
 
     def uri(self, bucket: str, key: str) -> str:
         return self._path(bucket, key).as_uri()

@@ -125,16 +125,23 @@ class MinioObjectStore:
             self._call(f"{name}/{key}", lambda: self._client.remove_object(name, key))
 
     def list(self, bucket: str, prefix: str = "") -> list[str]:
+        return sorted(self.list_modified(bucket, prefix))
+
+    def list_modified(self, bucket: str, prefix: str = "") -> dict[str, float]:
         name = self.bucket_prefix + bucket
 
-        def keys() -> list[str]:
+        def keys() -> dict[str, float]:
             found = self._client.list_objects(name, prefix=prefix, recursive=True)
-            return [o.object_name for o in found if o.object_name is not None]
+            return {
+                o.object_name: o.last_modified.timestamp() if o.last_modified else 0.0
+                for o in found
+                if o.object_name is not None
+            }
 
         try:
-            return sorted(self._call(f"{name}/{prefix}*", keys))
+            return self._call(f"{name}/{prefix}*", keys)
         except NotFoundError:  # the bucket was never created
-            return []
+            return {}
 
     def uri(self, bucket: str, key: str) -> str:
         # The bucket as callers name it, without bucket_prefix: callers (images.py)

@@ -7,6 +7,7 @@ that cannot be reached, or stays locked past its timeout, raises
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from orchestrator.models import (
@@ -62,6 +63,16 @@ class RecordStore(Protocol):
         self, status: ExecutionStatus | None = None, limit: int = 50, target: str | None = None
     ) -> list[ExecutionRecord]:
         """Newest first, optionally filtered by status and task or pipeline id."""
+
+    def old_executions(self, before: float, limit: int = 500) -> list[ExecutionRecord]:
+        """Up to ``limit`` finished executions submitted before ``before``, oldest first
+        (queued and running ones are never old)."""
+
+    def delete_executions(self, execution_ids: list[str]) -> int:
+        """Forget these executions; returns how many there were."""
+
+    def scan_executions(self, batch: int = 500) -> Iterator[ExecutionRecord]:
+        """Every execution, read ``batch`` at a time (for sweeps over the whole store)."""
 
     def put_worker(self, record: WorkerRecord) -> None:
         """Insert or replace a worker's heartbeat."""

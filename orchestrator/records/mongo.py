@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pymongo
@@ -188,6 +188,40 @@ class MongoRecordStore:
         )
         if limit > 0:  # a negative limit means all, as in SQLite
             cursor = cursor.limit(limit)
+        return [_load(ExecutionRecord, d) for d in cursor]
+
+    @_reachable
+    def old_executions(self, before: float, limit: int = 500) -> list[ExecutionRecord]:
+        finished = [s.value for s in ExecutionStatus if s.terminal]
+        cursor = (
+            self._coll(keys.EXECUTIONS)
+            .find({"status": {"$in": finished}, "submitted_at": {"$lt": before}})
+            .sort([("submitted_at", 1), ("_id", 1)])
+            .limit(limit)
+        )
+        return [_load(ExecutionRecord, d) for d in cursor]
+
+    @_reachable
+    def delete_executions(self, execution_ids: list[str]) -> int:
+        if not execution_ids:
+            return 0
+        result = self._coll(keys.EXECUTIONS).delete_many({"_id": {"$in": execution_ids}})
+        return result.deleted_count
+
+    def scan_executions(self, batch: int = 500) -> Iterator[ExecutionRecord]:
+        after = ""
+        while True:  # by _id, a page at a time: no cursor stays open between pages
+            page = self._page(after, batch)
+            if not page:
+                return
+            yield from page
+            after = page[-1].execution_id
+
+    @_reachable
+    def _page(self, after: str, batch: int) -> list[ExecutionRecord]:
+        cursor = (
+            self._coll(keys.EXECUTIONS).find({"_id": {"$gt": after}}).sort("_id", 1).limit(batch)
+        )
         return [_load(ExecutionRecord, d) for d in cursor]
 
     # workers -----------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.errors import ConflictError, StackError, StoreUnavailable
@@ -204,6 +205,46 @@ class SqliteRecordStore:
         sql += " ORDER BY submitted_at DESC, execution_id DESC LIMIT ?"
         rows = self._conn().execute(sql, (*args, limit))
         return [ExecutionRecord.model_validate_json(r[0]) for r in rows]
+
+    def old_executions(self, before: float, limit: int = 500) -> list[ExecutionRecord]:
+        finished = [s.value for s in ExecutionStatus if s.terminal]
+        rows = self._conn().execute(
+            f"SELECT doc FROM executions WHERE status IN ({', '.join('?' * len(finished))}) "
+            "AND submitted_at < ? ORDER BY submitted_at, execution_id LIMIT ?",
+            (*finished, before, limit),
+        )
+        return [ExecutionRecord.model_validate_json(r[0]) for r in rows]
+
+    def delete_executions(self, execution_ids: list[str]) -> int:
+        deleted = 0
+        for start in range(0, len(execution_ids), 500):  # SQLite caps bound parameters
+            chunk = execution_ids[start : start + 500]
+            deleted += (
+                self._conn()
+                .execute(
+                    f"DELETE FROM executions WHERE execution_id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+                .rowcount
+            )
+        return deleted
+
+    def scan_executions(self, batch: int = 500) -> Iterator[ExecutionRecord]:
+        after = ""
+        while True:  # by id, a page at a time: no read stays open between pages
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT execution_id, doc FROM executions WHERE execution_id > ? "
+                    "ORDER BY execution_id LIMIT ?",
+                    (after, batch),
+                )
+                .fetchall()
+            )
+            if not rows:
+                return
+            yield from (ExecutionRecord.model_validate_json(doc) for _, doc in rows)
+            after = rows[-1][0]
 
     # workers -----------------------------------------------------------------
     def put_worker(self, record: WorkerRecord) -> None:

@@ -9,7 +9,8 @@ Ray result: every probe is awaited with a timeout.
 It keeps nothing that cannot be rebuilt: Ray restarts it when its process
 dies, and the new one adopts every named replica still alive, so running
 replicas (and their loaded models) survive it. It publishes a heartbeat with
-its replica sets to Redis for ``wtm health``.
+its replica sets to Redis for ``wtm health``, and prunes old executions
+every ``retention.every_s`` (see :mod:`orchestrator.retention`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from typing import Any
 
 import ray
 
-from orchestrator import keys
+from orchestrator import keys, retention
 from orchestrator.errors import NotFoundError, ReplicaUnavailable
 from orchestrator.models import TaskRecord, WorkerState
+from orchestrator.objects import open_objects
 from orchestrator.policy import desired_replicas, replicas_for
 from orchestrator.records import open_records
-from orchestrator.resilience import async_redis
+from orchestrator.resilience import async_redis, redis_client
 from orchestrator.runtime import actors
 from orchestrator.runtime.replica import Replica
 from orchestrator.runtime.router import ReplicaView
@@ -146,6 +148,7 @@ class Controller:
         if self._loop_task is None:
             self._loop_task = self._background(self._control_loop())
             self._background(self._heartbeat())
+            self._background(self._prune_loop())
             try:
                 await self._adopt_all()
             except Exception:  # records away, say: each set adopts its replicas on first use
@@ -317,6 +320,26 @@ class Controller:
             except Exception as e:  # noqa: BLE001 - Redis restarting: beat again next time
                 log.warning("heartbeat failed: %s", e)
             await asyncio.sleep(self.cfg.heartbeat_s)
+
+    async def _prune_loop(self) -> None:
+        """Apply the retention setting: prune what is older, every ``every_s``."""
+        keep = self.settings.retention
+        if not keep.older_than_days or self.settings.redis.url is None:
+            return
+        while True:
+            await asyncio.sleep(keep.every_s)
+            before = time.time() - keep.older_than_days * 86400
+            try:
+                await asyncio.to_thread(self._prune, before)
+            except Exception:  # records or Redis away: the next round catches up
+                log.exception("pruning old executions failed")
+
+    def _prune(self, before: float) -> None:
+        r = redis_client(self.settings.redis.url)  # type: ignore[arg-type]
+        try:
+            retention.prune(self.records, open_objects(self.settings), r, before)
+        finally:
+            r.close()
 
     async def _adopt_all(self) -> None:
         """Rebuild the replica sets from the named replicas alive on the cluster."""

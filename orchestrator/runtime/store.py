@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 
 from orchestrator import keys
 from orchestrator.errors import NotFoundError
+from orchestrator.inputs import load_document
+from orchestrator.intake import Job
 from orchestrator.lifecycle import Event
 from orchestrator.models import ExecutionRecord
 from orchestrator.objects import ObjectStore
@@ -78,6 +80,16 @@ class RecordsRunStore:
     async def cancelled(self, execution_id: str) -> bool:
         flag = keys.cancel_flag(execution_id)
         return bool(await persist(lambda: self.redis.exists(flag), "reading a cancel flag", log))
+
+    async def input_of(self, job: Job) -> Any:
+        """The job's input document, read from the object store if it was offloaded."""
+        if job.input_ref is None:
+            return job.input
+        return await persist(
+            lambda: asyncio.to_thread(load_document, job.input, job.input_ref, self.objects),
+            f"reading the input of {job.execution_id}",
+            log,
+        )
 
     async def kept_output(self, execution_id: str, step_id: str) -> Any | None:
         key = keys.step_output_key(execution_id, step_id)

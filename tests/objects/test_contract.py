@@ -7,6 +7,7 @@ at the local folder itself are specific to ``LocalObjectStore``.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,20 @@ def test_list_under_prefix_is_sorted(store):
 
 def test_list_of_an_unused_bucket_is_empty(store):
     assert store.list("ai-pipelines") == []
+    assert store.list_modified("ai-pipelines") == {}
+
+
+def test_list_modified_gives_each_key_under_prefix_its_write_time(store):
+    before = time.time()
+    for key in ("steps/e1/a.json", "steps/e1/b.json", "results/e1.json"):
+        store.put(BUCKET, key, b"x")
+    after = time.time()
+
+    found = store.list_modified(BUCKET, "steps/")
+
+    assert sorted(found) == ["steps/e1/a.json", "steps/e1/b.json"]
+    # S3 keeps whole seconds: allow that much either side
+    assert all(before - 1 <= t <= after + 1 for t in found.values())
 
 
 def test_put_leaves_no_temporary_objects_visible(store):

@@ -298,6 +298,50 @@ def test_list_executions_limit_zero_lists_nothing(store):
 
 
 # workers -----------------------------------------------------------------------
+def test_old_executions_are_finished_ones_submitted_before_the_cutoff_oldest_first(store):
+    S = ExecutionStatus
+    old = [
+        execution(100.0 + n, status=s) for n, s in enumerate([S.FAILED, S.SUCCEEDED, S.CANCELLED])
+    ]
+    still_running = execution(50.0, status=S.RUNNING)
+    still_queued = execution(60.0, status=S.QUEUED)
+    new = execution(500.0, status=S.SUCCEEDED)
+    for record in [*reversed(old), still_running, still_queued, new]:
+        store.insert_execution(record)
+
+    found = store.old_executions(before=400.0)
+
+    assert [r.execution_id for r in found] == [r.execution_id for r in old]
+    assert [r.execution_id for r in store.old_executions(before=400.0, limit=2)] == [
+        r.execution_id for r in old[:2]
+    ]
+    assert store.old_executions(before=100.0) == []
+
+
+def test_delete_executions_forgets_exactly_those(store):
+    records = [execution(100.0 + n, status=ExecutionStatus.SUCCEEDED) for n in range(4)]
+    for record in records:
+        store.insert_execution(record)
+
+    gone = store.delete_executions([records[0].execution_id, records[2].execution_id, "nope"])
+
+    assert gone == 2
+    left = {r.execution_id for r in store.list_executions(limit=-1)}
+    assert left == {records[1].execution_id, records[3].execution_id}
+    assert store.delete_executions([]) == 0
+
+
+def test_scan_executions_reads_every_record_once_across_pages(store):
+    records = [execution(100.0 + n) for n in range(7)]
+    for record in records:
+        store.insert_execution(record)
+
+    scanned = [r.execution_id for r in store.scan_executions(batch=3)]
+
+    assert sorted(scanned) == sorted(r.execution_id for r in records)
+    assert len(scanned) == len(set(scanned))
+
+
 def test_put_worker_replaces_and_list_orders_by_id(store):
     store.put_worker(worker("w-b"))
     store.put_worker(worker("w-a"))
