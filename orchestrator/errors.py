@@ -102,6 +102,11 @@ class TaskTimeoutError(RetryableError):
     """Raised when a call runs past its task's timeout (its replica is killed)."""
 
 
+class MemoryLimitExceeded(FatalError):
+    """Raised when a replica's memory passes its task's ``resources.memory`` during a call
+    (the replica is replaced)."""
+
+
 class Cancelled(OrchestratorError):
     """Raised where a cancelled execution would start a step; its type is recorded as the error."""
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.errors import SpecError
 
@@ -25,8 +26,26 @@ class Resources(BaseModel):
     model_config = _STRICT
     num_cpus: float | None = Field(default=None, ge=0)
     num_gpus: float | None = Field(default=None, ge=0)
-    memory: int | None = Field(default=None, ge=0)
+    memory: int | None = Field(default=None, ge=0)  # bytes, or "300 MB", "2 GiB"
     custom: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"300 MB"``, ``"2GiB"``, ``"1500000"`` in bytes; ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a size: use bytes or a unit such as 300 MB, 2 GiB")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 class Replicas(BaseModel):

@@ -1,10 +1,11 @@
 """The Ray executor: one attempt of a step on the least-loaded replica of its task.
 
-The replica keeps the step's timeout (from the call's start there) and flags
-a call that outlived it as hung; the caller then has the replica killed and
-replaced (Ray cannot interrupt a running method). A replica that died is
-replaced too. Either way the attempt's outcome says so, and the driver's
-policy decides whether to try again.
+The replica keeps the step's timeout (from the call's start there) and its
+memory limit, and flags a call that outlived the one or passed the other; the
+caller then has the replica killed and replaced (Ray cannot interrupt a
+running method). A replica that died is replaced too. Either way the
+attempt's outcome says so, and the driver's policy decides whether to try
+again.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class Caller:
             self.router.failed(
                 step, name, f"a call outlived its timeout of {step.policy.timeout:g}s"
             )
+        if outcome.over_memory:
+            self.router.failed(step, name, "it passed its memory limit")
         if outcome.broken:
             self.router.failed(step, name, "could not load its task")
         return outcome, result_ref

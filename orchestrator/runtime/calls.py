@@ -47,7 +47,8 @@ class Outcome:
     retryable: bool = False
     broken: bool = False  # the replica could not load its task
     hung: bool = False  # the call outlived its timeout: its replica must be replaced
-    memory: int | None = None
+    over_memory: bool = False  # the replica passed its memory limit: it must be replaced
+    memory: int | None = None  # the replica's peak resident memory during the call
     cache_hit: bool = False
 
 

@@ -11,13 +11,17 @@ rest wait in Ray's queue), and a step's timeout counts from the moment its
 call starts here, not from when a dispatcher sent it. The task body runs in a
 thread of its own; a call that outlives its timeout is answered with a
 timeout, flagged ``hung``, and the replica is replaced (a thread cannot be
-interrupted).
+interrupted). The same holds for memory: while a call runs, the replica's
+resident memory is sampled; its peak is the step's ``memory_usage``, and
+passing the task's ``resources.memory`` fails the call with
+:class:`~orchestrator.errors.MemoryLimitExceeded` and has the replica replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -33,7 +37,7 @@ import psutil
 import ray
 
 from orchestrator import keys
-from orchestrator.errors import TaskTimeoutError
+from orchestrator.errors import MemoryLimitExceeded, TaskTimeoutError
 from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
 from orchestrator.objects import open_objects
 from orchestrator.pipelines.mapping import step_input
@@ -62,6 +66,7 @@ class Replica:
         self.node = _node_id()
         self.heartbeat_s = settings.controller.heartbeat_s
         self.started_at = time.time()
+        self.memory_limit = record.spec.resources.memory  # the replica's resident memory
         self._records = open_records(settings)
         self._stats = _Stats()
         self._lock = threading.Lock()
@@ -97,7 +102,7 @@ class Replica:
         try:
             result = self._batcher.submit(input_data) if self._batcher else self.runner(input_data)
             outcome = Outcome(True, self.worker_id, self.node, started, time.time(), result)
-            outcome.memory = psutil.Process().memory_info().rss
+            outcome.memory = _rss()
         except BaseException as e:  # noqa: BLE001 - reported, never raised into Ray
             outcome = self._failed(started, e, retryable=classify(e))
         with self._lock:
@@ -153,16 +158,38 @@ class Replica:
                 if key:
                     self._flights[key] = flight
                     flight.add_done_callback(lambda _f: self._flights.pop(key, None))
-        remaining = None if step.timeout is None else step.timeout - (time.time() - started)
-        try:
-            return dataclasses.replace(flight.result(timeout=remaining))  # a copy per caller
-        except FutureTimeout:
-            error = TaskTimeoutError(
-                f"task {self.record.task_id} exceeded its timeout of {step.timeout:g}s"
+        deadline = None if step.timeout is None else started + step.timeout
+        peak = _rss()
+        while True:  # wait for the body, watching the clock and the replica's memory
+            wait = (
+                MEMORY_SAMPLE_S
+                if deadline is None
+                else min(MEMORY_SAMPLE_S, deadline - time.time())
             )
-            outcome = self._failed(started, error, retryable=True)
-            outcome.hung = True
-            return outcome
+            try:
+                outcome = dataclasses.replace(flight.result(timeout=max(wait, 0)))  # a copy each
+                outcome.memory = max(peak, outcome.memory or 0)
+                return outcome
+            except FutureTimeout:
+                peak = max(peak, _rss())
+            if self.memory_limit is not None and peak > self.memory_limit:
+                return self._over_memory(started, peak)
+            if deadline is not None and time.time() >= deadline:
+                error = TaskTimeoutError(
+                    f"task {self.record.task_id} exceeded its timeout of {step.timeout:g}s"
+                )
+                outcome = self._failed(started, error, retryable=True)
+                outcome.hung, outcome.memory = True, peak
+                return outcome
+
+    def _over_memory(self, started: float, peak: int) -> Outcome:
+        error = MemoryLimitExceeded(
+            f"task {self.record.task_id} used {_mb(peak)}, over its memory limit of "
+            f"{_mb(self.memory_limit or 0)} (resources.memory); its replica is replaced"
+        )
+        outcome = self._failed(started, error, retryable=False)
+        outcome.over_memory, outcome.memory = True, peak
+        return outcome
 
     def _hit(self, started: float) -> Outcome:
         outcome = Outcome(True, self.worker_id, self.node, started, time.time())
@@ -203,7 +230,7 @@ class Replica:
                 loads=self.runner.load_count if getattr(self, "runner", None) else 0,
                 mean_latency=sum(lat) / len(lat) if lat else None,
                 p50_latency=statistics.median(lat) if lat else None,
-                memory=psutil.Process().memory_info().rss,
+                memory=_rss(),
                 started_at=self.started_at,
                 heartbeat_at=time.time(),
             )
@@ -222,6 +249,23 @@ class Replica:
         while True:
             time.sleep(self.heartbeat_s)
             self._beat()
+
+
+MEMORY_SAMPLE_S = 0.01  # a running call samples its replica's memory this often
+
+
+def _rss() -> int:
+    """This process's resident memory, in bytes."""
+    return _this_process().memory_info().rss
+
+
+@functools.cache
+def _this_process() -> psutil.Process:
+    return psutil.Process()
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB"
 
 
 def _node_id() -> str:

@@ -156,3 +156,51 @@ def test_batching_task_gets_batches_and_each_job_its_own_result(client, tmp_path
 
     assert [r.result["y"] for r in records] == [2 * i for i in range(16)]
     assert max(r.result["batch_size"] for r in records) > 1
+
+
+MB = 10**6
+
+
+def test_a_task_over_its_memory_limit_fails_and_its_replica_is_replaced(client, workers, tmp_path):
+    body = """
+    import os, time
+    if input_data.get("hog"):
+        held = [b"x" * (100 * 10**6) for _ in range(15)]  # 1.5 GB, touched
+        time.sleep(5)
+    return {"pid": os.getpid()}
+    """
+    spec = {"resources": {"memory": "600 MB"}, "max_retries": 2, "timeout": 60}
+    client.register_task(make_task(tmp_path, "memory_hog", body, **spec))
+
+    record = client.run("memory_hog", {"hog": True}, timeout=60)
+
+    assert record.status == ExecutionStatus.FAILED
+    assert record.error.type == "MemoryLimitExceeded"
+    assert "memory_hog" in record.error.message and "600 MB" in record.error.message
+    assert record.attempts == 1  # the same input would pass the limit again
+    assert record.memory_usage > 600 * MB
+    hog = record.worker_id
+    wait_until(
+        lambda: (s := set_of(workers, "memory_hog")) and s["ready"] and hog not in s["ready"],
+        timeout=30,
+        what="a replacement replica",
+    )
+    after = client.run("memory_hog", {}, timeout=60)
+    assert after.status == ExecutionStatus.SUCCEEDED, after.error
+    assert after.worker_id != hog
+
+
+def test_memory_usage_is_the_steps_peak_not_what_is_left_after_it(client, tmp_path):
+    body = """
+    import psutil, time
+    held = b"x" * (400 * 10**6)
+    time.sleep(0.5)  # a model's working memory, held for a while
+    del held
+    return {"rss_after": psutil.Process().memory_info().rss}
+    """
+    client.register_task(make_task(tmp_path, "memory_peak", body))
+
+    record = client.run("memory_peak", {}, timeout=60)
+
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    assert record.memory_usage >= record.result["rss_after"] + 300 * MB
