@@ -17,6 +17,10 @@ dead) is no longer renewed, and the run here is stopped. A dispatcher reads
 only as many entries as it has room for, and room that frees up goes to
 pending entries it owes before new ones.
 
+Priority. Lanes are read high first, so the backlog waits in Redis in
+priority order; a lane that has not been read for ``AGING_S`` (because higher
+lanes kept taking all the room) is read first, so low lanes are never starved.
+
 Recovery. A dispatcher's consumer name is its actor name, so a restarted one
 (Ray restarts it) takes its own pending entries up again at once. A dispatcher
 is dead when its heartbeat key has expired and stays missing for two more
@@ -49,13 +53,14 @@ from redis.exceptions import ResponseError
 from orchestrator import keys, lifecycle
 from orchestrator.intake import Job
 from orchestrator.lifecycle import Event
+from orchestrator.models import ExecutionRecord, ExecutionStatus
 from orchestrator.objects import open_objects
 from orchestrator.records import open_records
 from orchestrator.resilience import async_redis, persist
 from orchestrator.runtime import actors
 from orchestrator.runtime.caller import Caller
 from orchestrator.runtime.driver import Driver, Executor
-from orchestrator.runtime.router import ControllerReplicas, Router
+from orchestrator.runtime.router import AGING_S, ControllerReplicas, Router
 from orchestrator.runtime.store import RecordsRunStore
 from orchestrator.settings import Settings
 
@@ -97,8 +102,10 @@ class Dispatcher:
         self.store = RecordsRunStore(
             open_records(settings), open_objects(settings), self.redis, self.cfg.inline_result_bytes
         )
-        self.driver = Driver(executor or self._ray_executor(), self.store)
+        executor = executor or self._ray_executor()
+        self.driver = Driver(executor, self.store, max_crashes=self.cfg.max_deliveries)
         self._lanes: dict[str, str] = {}  # stream -> lane, in the order lanes are served
+        self._lane_read_at: dict[str, float] = {}  # when each stream was last read
         self._streams_read_at = 0.0
         self._held: dict[tuple[str, str], asyncio.Task] = {}  # every entry read, not yet acked
         self._freed = asyncio.Event()
@@ -196,12 +203,13 @@ class Dispatcher:
                     await self._freed.wait()
             return
         got = 0
-        for stream in self._lanes:  # lane order: one lane's backlog goes before the next
+        for stream in self._lane_order():  # one lane's backlog goes before the next
             if self._room <= 0:
                 break
             reply = await self.reader.xreadgroup(
                 keys.CONSUMER_GROUP, self.consumer, {stream: ">"}, count=self._room
             )
+            self._lane_read_at[stream] = time.monotonic()  # read: its backlog, if any, is here
             got += self._hold_all(reply)
         if got == 0:  # nothing waiting: block until something arrives on any lane
             reply = await self.reader.xreadgroup(
@@ -212,6 +220,12 @@ class Dispatcher:
                 block=self.cfg.block_ms,
             )
             self._hold_all(reply)
+
+    def _lane_order(self) -> list[str]:
+        """High lanes first, except that lanes unread for ``AGING_S`` go before them all."""
+        now = time.monotonic()
+        starved = [s for s in self._lanes if now - self._lane_read_at.setdefault(s, now) > AGING_S]
+        return starved + [s for s in self._lanes if s not in starved]
 
     def _hold_all(self, reply: Any) -> int:
         entries = [
@@ -264,8 +278,12 @@ class Dispatcher:
             if job is None:  # it will never read better: out of the way at once
                 await self._dead_letter(entry, "the job message cannot be read")
                 return
-            event = await self._run(job)
-            await self._ack(entry)
+            event, record = await self._run(job)
+            if record is not None and record.status == ExecutionStatus.DEAD_LETTERED:
+                reason = record.error.message if record.error else "dead-lettered"
+                await self._park(entry, reason, record.deliveries)
+            else:
+                await self._ack(entry)
             self._release(entry)  # acknowledged: no longer ours to renew
             self._failures.pop(entry.key, None)
             if event is not None:
@@ -284,16 +302,17 @@ class Dispatcher:
         if self._held.pop(entry.key, None) is not None:
             self._freed.set()
 
-    async def _run(self, job: Job) -> Event | None:
-        """start → drive → finish; None when there is nothing to run (already terminal)."""
+    async def _run(self, job: Job) -> tuple[Event | None, ExecutionRecord | None]:
+        """start → drive → finish: how it ended, and the record as finished;
+        no event when there is nothing to run (already terminal)."""
         record = await self.store.load(job.execution_id)
         if record is None or record.status.terminal:
-            return None
+            return None, None
         await self.store.save(record, lifecycle.start(record, time.time()))
         verdict = await self.driver.run(job.plan, await self.store.input_of(job), record)
         event = lifecycle.finish(record, verdict, time.time())
         await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
-        return event
+        return event, record
 
     async def _ack(self, entry: Entry) -> None:
         """Acknowledge an entry and delete it: its record holds all it carried, so
@@ -414,13 +433,17 @@ class Dispatcher:
             event = lifecycle.dead_letter(record, reason, time.time())
             await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
         self._failures.pop(entry.key, None)
+        await self._park(entry, reason, deliveries)
+        if event is not None:
+            await self.store.publish(event)
+
+    async def _park(self, entry: Entry, reason: str, deliveries: int | None) -> None:
+        """Copy an entry to the dead-letter stream with why, then acknowledge it."""
         fields = {**entry.fields, "stream": entry.stream, "reason": reason}
         if deliveries is not None:
             fields["deliveries"] = deliveries
         await persist(lambda: self.redis.xadd(keys.DEAD_LETTERS, fields), "dead-lettering", log)
         await self._ack(entry)
-        if event is not None:
-            await self.store.publish(event)
 
 
 CONTROL_TIMEOUT_S = 5.0  # a heartbeat or renewal that gets no answer fails (and is retried)

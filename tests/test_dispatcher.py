@@ -14,6 +14,7 @@ import time
 import pytest
 import redis
 
+from orchestrator import dispatcher as dispatcher_module
 from orchestrator import keys, lifecycle
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.intake import Job, enqueue
@@ -198,6 +199,26 @@ def test_a_higher_lane_is_served_first_across_queues(settings, serve):
 
     wait_until(lambda: status(settings, low).terminal, what="both jobs to run")
     assert [name for name, _ in running.executor.calls] == ["high", "low"]
+
+
+def test_a_stream_of_high_priority_jobs_does_not_starve_a_low_one(settings, serve, monkeypatch):
+    # One job at a time (concurrency 1), so the backlog waits in Redis: the high
+    # lane always has a job, and only aging ever reads the low lane.
+    monkeypatch.setattr(dispatcher_module, "AGING_S", 0.3)
+    low, _ = submit(settings, "low", "q_aging", priority=1)
+    for _ in range(60):
+        submit(settings, "high", "q_aging", priority=9)
+
+    def slow(_document):
+        time.sleep(0.05)
+        return {}
+
+    running = serve({"low": lambda d: {}, "high": slow})
+    wait_until(lambda: status(settings, low).terminal, timeout=60, what="the low job to run")
+
+    order = [name for name, _ in running.executor.calls]
+    assert order[0] == "high"  # the high lane goes first...
+    assert order.index("low") < 30  # ...but the low job is not left behind all 60
 
 
 def test_an_abandoned_job_is_claimed_and_one_delivered_too_often_dead_lettered(settings, serve):

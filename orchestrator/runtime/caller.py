@@ -78,7 +78,9 @@ class Caller:
             raise
         except ray.exceptions.RayActorError as e:
             self.router.failed(step, name, "died")
-            return failure(name, started, e, retryable=True, message=f"replica {name} died"), None
+            outcome = failure(name, started, e, retryable=True, message=f"replica {name} died")
+            outcome.crashed = True
+            return outcome, None
         except ray.exceptions.RayError as e:  # an upstream output lost, say: it stays lost
             return failure(name, started, e, message=f"{type(e).__name__}: {e}"), None
         finally:

@@ -48,6 +48,7 @@ class Outcome:
     broken: bool = False  # the replica could not load its task
     hung: bool = False  # the call outlived its timeout: its replica must be replaced
     over_memory: bool = False  # the replica passed its memory limit: it must be replaced
+    crashed: bool = False  # the replica's process died during the call
     memory: int | None = None  # the replica's peak resident memory during the call
     cache_hit: bool = False
 

@@ -5,7 +5,11 @@ references as arguments (on Ray those resolve on the replica's node, so no
 step result passes through the dispatcher). The steps of a parallel group are
 in flight together; the plan's ``max_parallel`` bounds them. Each step is
 tried under its policy (retries with backoff); one that fails for good skips
-its dependents, and :func:`~orchestrator.lifecycle.judge` names it.
+its dependents, and :func:`~orchestrator.lifecycle.judge` names it. A call
+whose replica's process died under it is a crash, not a task error: it is
+sent again to a fresh replica without using a retry, and a step that crashed
+its replica ``max_crashes`` times is a poison job: the execution goes to the
+dead letters.
 
 The driver knows nothing of Redis, the records or Ray: it talks to an
 :class:`Executor` (where attempts run) and a
@@ -25,7 +29,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from orchestrator import keys, lifecycle
-from orchestrator.errors import Cancelled
+from orchestrator.errors import Cancelled, DeadLettered
 from orchestrator.lifecycle import Verdict
 from orchestrator.models import (
     ErrorInfo,
@@ -64,9 +68,10 @@ class Executor(Protocol):
 class Driver:
     """Runs plans; one driver per dispatcher, one :meth:`run` per execution."""
 
-    def __init__(self, executor: Executor, store: RunStore):
+    def __init__(self, executor: Executor, store: RunStore, max_crashes: int = 5):
         self.executor = executor
         self.store = store
+        self.max_crashes = max_crashes
 
     async def run(self, plan: Plan, pipeline_input: Any, record: ExecutionRecord) -> Verdict:
         """Run every step it can, filling ``record.steps``; the verdict carries the result."""
@@ -76,6 +81,11 @@ class Driver:
         await self._resume(run)
         await _all_or_none([self._step(run, s) for s in plan.steps])
         verdict = lifecycle.judge(record.steps, plan.name_failed_step)
+        if run.poison is not None:
+            verdict = Verdict(
+                ExecutionStatus.DEAD_LETTERED,
+                ErrorInfo(type=DeadLettered.__name__, message=run.poison[1], step=run.poison[0]),
+            )
         if verdict.status == ExecutionStatus.SUCCEEDED:
             verdict = replace(verdict, result=await self._result(run))
         return verdict
@@ -141,6 +151,7 @@ class Driver:
         args = (run.input_ref, *(run.outputs[r] for r in step.reads))
         cancelled = functools.partial(self.store.cancelled, run.record.execution_id)
         policy = step.policy
+        crashes = 0
         while True:
             try:
                 outcome, ref = await self.executor.attempt(step, call, args, cancelled)
@@ -152,7 +163,16 @@ class Driver:
                 run.outputs[step.step_id] = ref
                 lifecycle.step_ended(sr, StepStatus.SUCCEEDED, time.time())
                 break
-            if not should_retry(sr.attempts, policy.retries, outcome.retryable):
+            crashes += outcome.crashed
+            if crashes >= self.max_crashes:
+                lifecycle.step_ended(sr, StepStatus.FAILED, time.time())
+                run.poison = (
+                    step.step_id,
+                    f"its replica's process died {crashes} times running it",
+                )
+                break
+            tries = sr.attempts - crashes  # a crash uses no retry: it is a lost delivery
+            if not outcome.crashed and not should_retry(tries, policy.retries, outcome.retryable):
                 lifecycle.step_ended(sr, StepStatus.FAILED, time.time())
                 break
             await asyncio.sleep(
@@ -227,6 +247,7 @@ class _Run:
         self.done = {s.step_id: asyncio.Event() for s in plan.steps}
         self.slots = asyncio.Semaphore(plan.max_parallel)
         self.saving = asyncio.Lock()
+        self.poison: tuple[str, str] | None = None  # (step, why) when it kept killing replicas
 
 
 class LocalExecutor:

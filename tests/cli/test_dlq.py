@@ -77,3 +77,43 @@ def test_dead_letters_are_listed_replayed_and_purged(cli_env, client, tmp_path):
     assert purged.exit_code == 0 and "purged" in purged.stdout
     assert letters() == []
     assert client.execution(second).status == ExecutionStatus.DEAD_LETTERED
+
+
+def test_a_job_that_kills_its_process_every_time_is_dead_lettered_and_replayed(
+    cli_env, client, tmp_path
+):
+    runs, fixed = tmp_path / "runs", tmp_path / "fixed"
+    body = f"""
+    import os, pathlib, signal
+    if input_data["poison"]:
+        with open({str(runs)!r}, "a") as f:  # one line per run of the body
+            f.write(f"{{os.getpid()}}\\n")
+        if not pathlib.Path({str(fixed)!r}).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+    return {{"n": input_data["n"]}}
+    """
+    spec = {"max_retries": 0, "replicas": {"max": 2}}
+    client.register_task(make_task(tmp_path, "kills_itself", body, **spec))
+    limit = client.settings.dispatcher.max_deliveries
+
+    poison = client.submit("kills_itself", {"poison": True, "n": 0})
+    others = [client.submit("kills_itself", {"poison": False, "n": n}) for n in range(1, 4)]
+    record = client.wait(poison, timeout=120)
+
+    assert record.status == ExecutionStatus.DEAD_LETTERED
+    assert f"died {limit} times" in record.error.message
+    pids = runs.read_text().split()
+    assert len(pids) == limit and len(set(pids)) == limit  # each run on a fresh replica
+    for other in others:
+        done = client.wait(other, timeout=120)
+        assert done.status == ExecutionStatus.SUCCEEDED, done.error
+    (letter,) = [d for d in letters() if d["execution_id"] == poison]
+    assert f"died {limit} times" in letter["reason"]
+
+    fixed.touch()  # the bug is fixed: replaying runs it again, and it succeeds
+    replayed = wtm("dlq", "replay", letter["dlq_id"], "--json")
+    assert replayed.exit_code == 0, replayed.output
+    (new_id,) = json.loads(replayed.stdout)["execution_ids"]
+    again = client.wait(new_id, timeout=60)
+    assert again.status == ExecutionStatus.SUCCEEDED and again.result == {"n": 0}
+    assert len(runs.read_text().split()) == limit + 1
