@@ -57,20 +57,24 @@ class Caller:
     ) -> tuple[Outcome, Any]:
         """One attempt; a hung replica is killed, a dead one replaced.
 
-        ``cancelled`` is asked once a replica slot is free, right before the
-        call, so a job cancelled while it waited for the slot never starts; and
-        every ``CANCEL_POLL_S`` while the call runs: a cancelled call has its
+        ``cancelled`` is asked every ``CANCEL_POLL_S`` while the call waits for
+        a replica slot (its replica placed, loaded, or busy) and once more
+        right before the call, so a job cancelled while it waited never
+        starts; and every ``CANCEL_POLL_S`` while the call runs: a cancelled call has its
         replica killed (a running method cannot be interrupted otherwise) and
         replaced, and raises :class:`~orchestrator.errors.Cancelled`.
         """
         try:
-            name, replica = await self.router.acquire(step, call.priority)
+            name, replica = await self._acquire(step, call.priority, cancelled)
+        except Cancelled:
+            raise
         except (OrchestratorError, ray.exceptions.RayError) as e:  # placement, loading
             return failure(step.task_id, time.time(), getattr(e, "cause", None) or e), None
         started = time.time()
+        if await cancelled():  # between the last check and the free slot: it never starts
+            self.router.release(step, name)
+            raise Cancelled(lifecycle.CANCELLED_BY_USER)
         try:
-            if await cancelled():
-                raise Cancelled(lifecycle.CANCELLED_BY_USER)
             outcome_ref, result_ref = replica.run_step.remote(call, *args)
             outcome = await _unless_cancelled(outcome_ref, cancelled)
         except Cancelled:
@@ -94,3 +98,16 @@ class Caller:
         if outcome.broken:
             self.router.failed(step, name, "could not load its task")
         return outcome, result_ref
+
+    async def _acquire(
+        self, step: PlannedStep, priority: int, cancelled: CancelCheck
+    ) -> tuple[str, Any]:
+        """A replica slot; Cancelled, right where it waits, if the execution is cancelled
+        while its replica is placed, loads, or is busy."""
+        waiting = asyncio.ensure_future(self.router.acquire(step, priority))
+        try:
+            return await _unless_cancelled(waiting, cancelled)
+        except Cancelled:
+            if waiting.done() and not waiting.cancelled() and waiting.exception() is None:
+                self.router.release(step, waiting.result()[0])  # got it just as it was cancelled
+            raise

@@ -77,20 +77,20 @@ def test_cancelling_a_running_step_stops_it_and_the_next_job_runs_on_a_fresh_rep
     assert not (tmp_path / "long.finished").exists()  # its body was stopped with its replica
 
 
-def test_cancelling_a_job_that_waits_for_a_busy_replica_stops_it(client, tmp_path):
-    body = """
+def test_cancelling_a_job_that_waits_for_a_busy_replica_stops_it_where_it_waits(client, tmp_path):
+    runs = tmp_path / "runs"
+    body = f"""
     import pathlib, time
-    if input_data.get("marker"):
-        pathlib.Path(input_data["marker"]).touch()
+    with open({str(runs)!r}, "a") as f:
+        f.write(str(input_data["s"]) + "\\n")
     time.sleep(float(input_data["s"]))
-    return {"s": input_data["s"]}
+    return {{"s": input_data["s"]}}
     """
     client.register_task(
         make_task(tmp_path, "one_lane", body, replicas={"min": 0, "max": 1, "max_concurrency": 1})
     )
-    marker = tmp_path / "busy"
-    busy = client.submit("one_lane", {"s": 2, "marker": str(marker)})
-    wait_until(marker.exists, what="the only replica to be busy")
+    busy = client.submit("one_lane", {"s": 30})
+    wait_until(runs.exists, what="the only replica to be busy")
     waiting = client.submit("one_lane", {"s": 0})
     wait_until(
         lambda: client.execution(waiting).status == "running",
@@ -98,11 +98,33 @@ def test_cancelling_a_job_that_waits_for_a_busy_replica_stops_it(client, tmp_pat
     )
 
     client.cancel(waiting)
+    record = client.wait(waiting, timeout=20)
 
-    assert client.wait(busy, timeout=60).status == ExecutionStatus.SUCCEEDED
-    record = client.wait(waiting, timeout=60)
     assert record.status == ExecutionStatus.CANCELLED
     assert record.steps[0].status == "cancelled" and record.result is None
+    assert client.execution(busy).status == "running"  # cancelled where it waited, not after
+    client.cancel(busy)
+    assert client.wait(busy, timeout=20).status == ExecutionStatus.CANCELLED
+    assert runs.read_text().split() == ["30"]  # the cancelled job never ran
+
+
+def test_cancelling_a_job_whose_replica_is_still_loading_stops_it_before_it_runs(client, tmp_path):
+    ran = tmp_path / "ran"
+    folder = make_task(tmp_path, "slow_load", f"open({str(ran)!r}, 'w').close()\nreturn {{}}")
+    code = (folder / "task.py").read_text()
+    (folder / "task.py").write_text("import time\ntime.sleep(30)  # a large model\n" + code)
+    client.register_task(folder)
+    execution_id = client.submit("slow_load", {})
+    wait_until(
+        lambda: client.execution(execution_id).status == "running",
+        what="the job to wait for its replica to load",
+    )
+
+    client.cancel(execution_id)
+    record = client.wait(execution_id, timeout=20)  # not the 30 s the load takes
+
+    assert record.status == ExecutionStatus.CANCELLED
+    assert not ran.exists()
 
 
 def test_retry_resubmits_with_the_same_input(client, tmp_path, cli_env):
