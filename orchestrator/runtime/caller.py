@@ -60,8 +60,8 @@ class Caller:
         ``cancelled`` is asked every ``CANCEL_POLL_S`` while the call waits for
         a replica slot (its replica placed, loaded, or busy) and once more
         right before the call, so a job cancelled while it waited never
-        starts; and every ``CANCEL_POLL_S`` while the call runs: a cancelled call has its
-        replica killed (a running method cannot be interrupted otherwise) and
+        starts; and every ``CANCEL_POLL_S`` while the call runs: a cancelled
+        call has its replica killed (a running method cannot be interrupted otherwise) and
         replaced, and raises :class:`~orchestrator.errors.Cancelled`.
         """
         try:
@@ -71,9 +71,12 @@ class Caller:
         except (OrchestratorError, ray.exceptions.RayError) as e:  # placement, loading
             return failure(step.task_id, time.time(), getattr(e, "cause", None) or e), None
         started = time.time()
-        if await cancelled():  # between the last check and the free slot: it never starts
+        try:
+            if await cancelled():  # between the last check and the free slot: it never starts
+                raise Cancelled(lifecycle.CANCELLED_BY_USER)
+        except BaseException:  # cancelled, or this run stopped (its lease lost): slot back
             self.router.release(step, name)
-            raise Cancelled(lifecycle.CANCELLED_BY_USER)
+            raise
         try:
             outcome_ref, result_ref = replica.run_step.remote(call, *args)
             outcome = await _unless_cancelled(outcome_ref, cancelled)
@@ -83,7 +86,9 @@ class Caller:
         except ray.exceptions.RayActorError as e:
             self.router.failed(step, name, "died")
             outcome = failure(name, started, e, retryable=True, message=f"replica {name} died")
-            outcome.crashed = True
+            # A replica taking one call at a time died of this call: a crash (a
+            # poison job if it keeps happening). One serving others may have died of theirs.
+            outcome.crashed = self.router.limit(step) == 1
             return outcome, None
         except ray.exceptions.RayError as e:  # an upstream output lost, say: it stays lost
             return failure(name, started, e, message=f"{type(e).__name__}: {e}"), None
@@ -107,7 +112,7 @@ class Caller:
         waiting = asyncio.ensure_future(self.router.acquire(step, priority))
         try:
             return await _unless_cancelled(waiting, cancelled)
-        except Cancelled:
+        except BaseException:  # cancelled, or this run stopped: a slot it just got goes back
             if waiting.done() and not waiting.cancelled() and waiting.exception() is None:
-                self.router.release(step, waiting.result()[0])  # got it just as it was cancelled
+                self.router.release(step, waiting.result()[0])
             raise

@@ -167,6 +167,11 @@ class Router:
                 heapq.heapify(route.waiting)
                 _signal(route)
 
+    def limit(self, step: PlannedStep) -> int:
+        """How many calls one replica of the step's set takes at once (as last fetched)."""
+        route = self.routes.get(keys.set_key(step.task_id, step.version))
+        return route.limit if route is not None else 1
+
     def release(self, step: PlannedStep, name: str) -> None:
         route = self.routes[keys.set_key(step.task_id, step.version)]
         route.demand -= 1

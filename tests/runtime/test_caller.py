@@ -134,7 +134,37 @@ def test_a_replica_killed_mid_call_fails_the_attempt_retryably(replica, tmp_path
     outcome = asyncio.run(go())
     assert not outcome.ok and outcome.retryable
     assert outcome.error_message == f"replica {name} died"
+    assert outcome.crashed  # one call at a time: it died of this call
     assert source.failures == [(name, "died")]
+
+
+def test_an_attempt_stopped_while_it_checks_for_a_cancel_gives_its_slot_back(replica):
+    # Its dispatcher lost the lease during a Redis outage: the run is stopped
+    # while the check before the call waits for Redis.
+    record, name, handle = replica
+    planned = step(record)
+
+    async def go():
+        router = Router(OneReplica(name, handle), "test", report_s=3600, wait_s=3600)
+        caller = Caller(router)
+        checking = asyncio.Event()
+
+        async def redis_away():
+            checking.set()
+            await asyncio.Event().wait()  # never answers
+
+        stopped = asyncio.create_task(
+            caller.attempt(planned, StepCall("probe"), (None,), redis_away)
+        )
+        await checking.wait()
+        stopped.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopped
+        # The only slot is free again: the next call takes it at once.
+        got, _ = await asyncio.wait_for(router.acquire(planned), timeout=5)
+        return got
+
+    assert asyncio.run(go()) == name
 
 
 def test_a_cancelled_execution_never_reaches_the_replica(replica, tmp_path):
