@@ -14,7 +14,8 @@ this order:
 
 Objects go by sweeping rather than one execution at a time: a prune that
 stopped half-way leaves orphans the next one removes, and an object written
-after the cutoff (an upload for a submit under way) is never touched.
+after the cutoff is never touched; nor is an upload of the last
+``UPLOAD_GRACE_S``, whatever the cutoff (its submit may still be under way).
 Acknowledged stream entries need no pruning: they are deleted when acknowledged.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,6 +31,8 @@ from typing import Any
 import redis
 
 from orchestrator import keys
+from orchestrator.errors import NotFoundError
+from orchestrator.inputs import load_document
 from orchestrator.intake import Job
 from orchestrator.objects import ObjectStore
 from orchestrator.records import RecordStore
@@ -37,7 +41,10 @@ log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_INPUT_URI = f"s3://{keys.DATA_BUCKET}/inputs/"
+_INPUT_URI = keys.data_uri("inputs/")
+#: Uploads newer than this are kept, named or not: a submit uploads its files
+#: before its record exists, and a prune in between must not take them.
+UPLOAD_GRACE_S = 3600.0
 
 
 @dataclass
@@ -99,11 +106,12 @@ def _sweep_objects(
     named: set[str] = set()  # every input URI still named by an execution or a dead letter
     for execution in records.scan_executions():
         live_ids.add(execution.execution_id)
-        named.update(input_uris(execution.input, execution.input_ref))
+        named.update(_named_by(execution.input, execution.input_ref, objects))
     for _, fields in r.xrange(keys.DEAD_LETTERS):
         job = _job(fields)
         if job is not None:
-            named.update(input_uris(job.input, job.input_ref))
+            named.update(_named_by(job.input, job.input_ref, objects))
+    uploads_before = min(before, time.time() - UPLOAD_GRACE_S)
 
     def owner_gone(key: str) -> bool:
         prefix, rest = key.split("/", 1)
@@ -112,16 +120,28 @@ def _sweep_objects(
         if prefix == "steps":
             return rest.split("/", 1)[0] not in live_ids
         if prefix == "inputs":
-            return f"s3://{keys.DATA_BUCKET}/{key}" not in named
+            return keys.data_uri(key) not in named
         return prefix == "cache"  # a cache entry is only ever an optimisation
 
     removed = 0
     for prefix in ("results/", "steps/", "inputs/", "cache/"):
+        cutoff = uploads_before if prefix == "inputs/" else before
         for key, written in objects.list_modified(keys.DATA_BUCKET, prefix).items():
-            if written < before and owner_gone(key):
+            if written < cutoff and owner_gone(key):
                 objects.delete(keys.DATA_BUCKET, key)
                 removed += 1
     return removed
+
+
+def _named_by(document: Any, ref: str | None, objects: ObjectStore) -> set[str]:
+    """The uploads an input names, and for an offloaded one its copy and what that names."""
+    if ref is None:
+        return set(input_uris(document))
+    try:
+        offloaded = load_document(None, ref, objects)
+    except NotFoundError:  # gone already: it names nothing more
+        return {ref}
+    return {ref, *input_uris(offloaded)}
 
 
 def input_uris(document: Any, ref: str | None = None) -> Iterable[str]:

@@ -97,7 +97,10 @@ def has(objects, uri_or_key: str) -> bool:
     return objects.exists(DATA, keys.data_key(uri_or_key))
 
 
-def test_prune_forgets_old_executions_and_what_they_left_and_keeps_the_rest(stores, redis_url):
+def test_prune_forgets_old_executions_and_what_they_left_and_keeps_the_rest(
+    stores, redis_url, monkeypatch
+):
+    monkeypatch.setattr(retention, "UPLOAD_GRACE_S", 0)  # uploads here are seconds old
     records, objects = stores
     r = redis.Redis.from_url(redis_url)
     r.delete(keys.DEAD_LETTERS)
@@ -114,7 +117,9 @@ def test_prune_forgets_old_executions_and_what_they_left_and_keeps_the_rest(stor
     objects.put(DATA, keys.data_key(offloaded), json.dumps({"a_path": only_old}).encode())
     old = finished(now - 40 * DAY, None, ref=offloaded)
     old_two = finished(now - 35 * DAY, {"a_path": shared, "b_path": only_old})
-    still_running = finished(now - 40 * DAY, {"a_path": running_input}).model_copy(
+    running_doc = keys.data_uri(keys.input_document_key(uuid.uuid4().hex))  # names an upload
+    objects.put(DATA, keys.data_key(running_doc), json.dumps({"a_path": running_input}).encode())
+    still_running = finished(now - 40 * DAY, None, ref=running_doc).model_copy(
         update={"status": ExecutionStatus.RUNNING, "finished_at": None}
     )
     for record in (old, old_two, still_running):
@@ -150,7 +155,8 @@ def test_prune_forgets_old_executions_and_what_they_left_and_keeps_the_rest(stor
     assert not has(objects, keys.step_output_key(old.execution_id, "detect"))
     assert not has(objects, keys.cache_key("probe", "digest"))
     assert not has(objects, only_old) and not has(objects, offloaded)
-    for kept in (shared, running_input, dead_input, under_way, keys.result_key(new.execution_id)):
+    named = (shared, running_input, running_doc, dead_input, under_way)
+    for kept in (*named, keys.result_key(new.execution_id)):
         assert has(objects, kept), kept
     letters = [e.decode() for e, _ in r.xrange(keys.DEAD_LETTERS)]
     assert old_letter.decode() not in letters and new_letter.decode() in letters
@@ -159,6 +165,17 @@ def test_prune_forgets_old_executions_and_what_they_left_and_keeps_the_rest(stor
 
     # Nothing more to do: a second prune removes nothing.
     assert retention.prune(records, objects, r, before=cutoff) == retention.Pruned()
+
+
+def test_a_recent_upload_no_record_names_yet_is_kept_whatever_the_cutoff(stores, redis_url):
+    records, objects = stores
+    under_way = upload(objects, "submit-under-way.jpg")  # its record is not written yet
+    cutoff = time.time()
+    wait_until(lambda: int(time.time()) > cutoff, timeout=3)  # S3 times are whole seconds
+
+    retention.prune(records, objects, redis.Redis.from_url(redis_url), before=time.time())
+
+    assert has(objects, under_way)
 
 
 def test_durations_read_as_a_user_writes_them():
@@ -174,8 +191,9 @@ def test_durations_read_as_a_user_writes_them():
 
 
 def test_prune_on_the_stack_forgets_an_old_run_and_its_objects_and_keeps_a_new_one(
-    client, tmp_path
+    client, tmp_path, monkeypatch
 ):
+    monkeypatch.setattr(retention, "UPLOAD_GRACE_S", 0)  # uploads here are seconds old
     folder = write_task(
         tmp_path,
         "retention_probe",
