@@ -9,6 +9,7 @@ record.result["face_count"]
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +61,21 @@ from orchestrator.workers import worker_status
 Kind = Literal["task", "pipeline"]
 
 MAX_KEY = 200  # characters in an idempotency key
-KEY_WAIT_S = 10.0  # how long a second submitter waits for the first one's record
+_ENTRY_ID = re.compile(r"\d+-\d+")  # a Redis stream entry id
+KEY_ATTEMPTS = 5  # tries to take a key whose holder keeps taking its submit back
+
+# Delete a key only if it still names this execution (another may hold it now).
+_DELETE_IF_MINE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _check_key(key: str) -> None:
+    if not key or len(key) > MAX_KEY or not key.isprintable() or " " in key:
+        raise InputError(
+            f"idempotency key {key[:40]!r}: use 1 to {MAX_KEY} printable characters, no spaces"
+        )
 
 
 class Client:
@@ -386,8 +401,9 @@ class Client:
     def replay_dead_letters(self, dlq_ids: list[str] | None = None) -> list[str]:
         """Run dead-lettered jobs again, as new executions of the same plan and input.
 
-        ``None`` replays every one. Each replayed job leaves the dead-letter
-        stream once its new execution is enqueued; returns the new ids.
+        ``None`` replays every one that can be read. Each is taken out of the
+        dead-letter stream before its new execution is enqueued (so two replays
+        at once replay it once) and put back if that fails; returns the new ids.
         """
         r = self._queue()
         wanted = set(dlq_ids) if dlq_ids is not None else None
@@ -395,13 +411,16 @@ class Client:
         missing = sorted((wanted or set()) - set(entries))
         if missing:
             raise NotFoundError(f"no dead letter {missing[0]!r}; see `wtm dlq list`")
+        jobs = {i: _job_or_none(f) for i, f in entries.items() if wanted is None or i in wanted}
+        unreadable = sorted(i for i, job in jobs.items() if job is None)
+        if unreadable and wanted is not None:  # asked for by id: say so before replaying any
+            raise InputError(f"dead letter {unreadable[0]} cannot be read as a job; purge it")
         new_ids = []
-        for dlq_id, fields in entries.items():
-            if wanted is not None and dlq_id not in wanted:
+        for dlq_id, job in jobs.items():
+            if job is None:  # --all: an unreadable one stays, for `wtm dlq purge`
                 continue
-            job = _job_or_none(fields)
-            if job is None:
-                raise InputError(f"dead letter {dlq_id} cannot be read as a job; purge it")
+            if not r.xdel(keys.DEAD_LETTERS, dlq_id):  # another replay took it first
+                continue
             execution = ExecutionRecord(
                 execution_id=new_execution_id(),
                 kind=job.kind,
@@ -415,8 +434,11 @@ class Client:
                 submitted_at=time.time(),
                 steps=job.plan.pending_steps(),
             )
-            new_ids.append(self._enqueue(execution, job.plan))
-            r.xdel(keys.DEAD_LETTERS, dlq_id)
+            try:
+                new_ids.append(self._enqueue(execution, job.plan))
+            except BaseException:
+                r.xadd(keys.DEAD_LETTERS, entries[dlq_id])  # not replayed: back where it was
+                raise
         return new_ids
 
     def purge_dead_letters(self, dlq_ids: list[str] | None = None) -> int:
@@ -425,6 +447,9 @@ class Client:
         Their execution records stay (``dead_lettered``) as history.
         """
         r = self._queue()
+        bad = next((i for i in dlq_ids or [] if not _ENTRY_ID.fullmatch(i)), None)
+        if bad is not None:
+            raise InputError(f"{bad!r} is not a dead letter id (they read like 1764380000000-0)")
         ids = dlq_ids if dlq_ids is not None else [e for e, _ in r.xrange(keys.DEAD_LETTERS)]
         return r.xdel(keys.DEAD_LETTERS, *ids) if ids else 0
 
@@ -515,76 +540,76 @@ class Client:
         return execution, plan
 
     def _enqueue(self, execution: ExecutionRecord, plan: Plan, key: str | None = None) -> str:
-        """Record first, then the stream: a dispatcher always finds the record.
+        """Record first, then the key, then the stream: a dispatcher always finds
+        the record, and a key always names a recorded execution.
 
-        If the stream cannot be reached the record is taken back: a job that was
-        never enqueued leaves nothing behind (no record stuck ``queued``).
+        If the key was taken, or the stream cannot be reached (or the submit is
+        interrupted), the record is taken back: a job that was never enqueued
+        leaves nothing behind (no record stuck ``queued``, no key held by one).
         Returns the execution id that stands for this submission: an earlier
         one's, if ``key`` was already used.
         """
+        if key is not None:
+            _check_key(key)
         r = self._queue()  # may start the embedded stack: that is not queue time
         if execution.input_ref is None:
             limits = self.settings.client
             execution.input, execution.input_ref = offload_document(
                 execution.input, self.objects, limits.inline_input_bytes, limits.max_input_bytes
             )
-        if key is not None:
-            earlier = self._claim_key(r, key, execution.execution_id)
-            if earlier is not None:
-                return earlier
         execution.submitted_at = time.time()
+        self.records.insert_execution(execution)
         try:
-            self.records.insert_execution(execution)
-        except BaseException:
+            earlier = self._claim_key(r, key, execution.execution_id) if key else None
+            if earlier is None:
+                enqueue(r, Job.of(execution, plan))
+        except BaseException as e:
             self._release_key(r, key, execution.execution_id)
+            self._take_back(execution.execution_id, e)
             raise
-        try:
-            enqueue(r, Job.of(execution, plan))
-        except redis.RedisError as e:
-            self._release_key(r, key, execution.execution_id)
-            try:
-                self.records.delete_execution(execution.execution_id)
-            except StackError as gone:  # the records went away too: say what is left
-                raise EnqueueError(
-                    f"could not enqueue on Redis ({type(e).__name__}: {e}), nor take back "
-                    f"execution {execution.execution_id} ({gone}); cancel it"
-                ) from e
-            raise EnqueueError(
-                f"could not enqueue on Redis ({type(e).__name__}: {e}); nothing was submitted"
-            ) from e
+        if earlier is not None:  # submitted before under this key: this one never was
+            self.records.delete_execution(execution.execution_id)
+            return earlier
         return execution.execution_id
 
-    def _claim_key(self, r: redis.Redis, key: str, execution_id: str) -> str | None:
-        """Take an idempotency key for a new execution; None if taken, else the earlier id.
+    def _take_back(self, execution_id: str, cause: BaseException) -> None:
+        """Delete the record of a job that never reached its stream; say what is left."""
+        try:
+            self.records.delete_execution(execution_id)
+        except StackError as gone:  # the records went away too
+            raise EnqueueError(
+                f"could not enqueue ({type(cause).__name__}: {cause}), nor take back "
+                f"execution {execution_id} ({gone}); cancel it"
+            ) from cause
+        if isinstance(cause, redis.RedisError):
+            raise EnqueueError(
+                f"could not enqueue on Redis ({type(cause).__name__}: {cause}); "
+                "nothing was submitted"
+            ) from cause
 
-        Of two submitters at once exactly one takes it (SET NX); the other gets
-        the winner's id once its record exists.
+    def _claim_key(self, r: redis.Redis, key: str, execution_id: str) -> str | None:
+        """Take an idempotency key for a recorded execution; None if taken, else the
+        execution id that holds it.
+
+        Of two submitters at once exactly one takes it (SET NX). The holder
+        recorded its execution before taking the key, so the other finds that
+        record at once; unless the holder's submit failed and it took both
+        back meanwhile, and then the key is free to take again.
         """
-        if not key or len(key) > MAX_KEY or not key.isprintable() or " " in key:
-            raise InputError(
-                f"idempotency key {key[:40]!r}: use 1 to {MAX_KEY} printable characters, no spaces"
-            )
         name, ttl = keys.idempotency(key), int(self.settings.client.idempotency_s)
-        for _ in range(2):  # once more if the holder vanished without a record
+        for _ in range(KEY_ATTEMPTS):
             if r.set(name, execution_id, nx=True, ex=ttl):
                 return None
             earlier = (r.get(name) or b"").decode()
-            deadline = time.monotonic() + KEY_WAIT_S
-            while earlier and time.monotonic() < deadline:
-                if self.records.get_execution(earlier) is not None:
-                    return earlier
-                time.sleep(0.05)  # its submitter is between taking the key and recording
-            if earlier and r.get(name) == earlier.encode():
-                r.delete(name)  # held by a submit that died before recording anything
+            if earlier and self.records.get_execution(earlier) is not None:
+                return earlier
         raise ConflictError(f"idempotency key {key!r} is busy; try again")
 
     def _release_key(self, r: redis.Redis, key: str | None, execution_id: str) -> None:
         if key is None:
             return
         with contextlib.suppress(redis.RedisError):
-            name = keys.idempotency(key)
-            if r.get(name) == execution_id.encode():
-                r.delete(name)
+            r.eval(_DELETE_IF_MINE, 1, keys.idempotency(key), execution_id)
 
     def _subscribe(self, execution_id: str) -> _Events:
         return _Events(self._queue(), keys.events(execution_id))

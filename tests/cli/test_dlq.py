@@ -73,6 +73,8 @@ def test_dead_letters_are_listed_replayed_and_purged(cli_env, client, tmp_path):
 
     assert wtm("dlq", "replay").exit_code == 2  # neither ids nor --all: one line
     assert wtm("dlq", "replay", "0-1").exit_code == 3  # unknown id
+    bad = wtm("dlq", "purge", "not-an-id", "--yes")
+    assert bad.exit_code == 2 and "'not-an-id' is not a dead letter id" in bad.output
     purged = wtm("dlq", "purge", "--yes")
     assert purged.exit_code == 0 and "purged" in purged.stdout
     assert letters() == []
