@@ -37,7 +37,7 @@ import psutil
 import ray
 
 from orchestrator import keys
-from orchestrator.errors import MemoryLimitExceeded, TaskTimeoutError
+from orchestrator.errors import MemoryLimitExceeded, ReplicaUnavailable, TaskTimeoutError
 from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
 from orchestrator.objects import open_objects
 from orchestrator.pipelines.mapping import step_input
@@ -66,7 +66,8 @@ class Replica:
         self.node = _node_id()
         self.heartbeat_s = settings.controller.heartbeat_s
         self.started_at = time.time()
-        self.memory_limit = record.spec.resources.memory  # the replica's resident memory
+        self.memory_limit = record.spec.resources.memory or None  # resident memory; 0: none
+        self._over_limit = False  # passed it once: being replaced, takes no more calls
         self._records = open_records(settings)
         self._stats = _Stats()
         self._lock = threading.Lock()
@@ -150,6 +151,8 @@ class Replica:
         One execution's step runs once here however often it is sent: a call
         redelivered while the first still runs (its dispatcher died) joins it.
         """
+        if self._over_limit:  # not this call's doing: try it on another replica
+            return self._over_memory(started, _rss(), this_call=False)
         key = step.call_key
         with self._lock:
             flight = self._flights.get(key) if key else None
@@ -173,7 +176,9 @@ class Replica:
             except FutureTimeout:
                 peak = max(peak, _rss())
             if self.memory_limit is not None and peak > self.memory_limit:
-                return self._over_memory(started, peak)
+                with self._lock:  # the first call to see it gets the blame
+                    first, self._over_limit = not self._over_limit, True
+                return self._over_memory(started, peak, this_call=first)
             if deadline is not None and time.time() >= deadline:
                 error = TaskTimeoutError(
                     f"task {self.record.task_id} exceeded its timeout of {step.timeout:g}s"
@@ -182,12 +187,21 @@ class Replica:
                 outcome.hung, outcome.memory = True, peak
                 return outcome
 
-    def _over_memory(self, started: float, peak: int) -> Outcome:
-        error = MemoryLimitExceeded(
-            f"task {self.record.task_id} used {_mb(peak)}, over its memory limit of "
-            f"{_mb(self.memory_limit or 0)} (resources.memory); its replica is replaced"
-        )
-        outcome = self._failed(started, error, retryable=False)
+    def _over_memory(self, started: float, peak: int, this_call: bool) -> Outcome:
+        """The call that passed the limit fails for good; calls beside it, or sent
+        before the replica is gone, fail retryably (another replica runs them)."""
+        limit = f"{_mb(self.memory_limit or 0)} (resources.memory)"
+        if this_call:
+            error: Exception = MemoryLimitExceeded(
+                f"task {self.record.task_id} used {_mb(peak)}, over its memory limit of "
+                f"{limit}; its replica is replaced"
+            )
+        else:
+            error = ReplicaUnavailable(
+                f"replica {self.worker_id} passed its memory limit of {limit} "
+                "during another call and is being replaced"
+            )
+        outcome = self._failed(started, error, retryable=not this_call)
         outcome.over_memory, outcome.memory = True, peak
         return outcome
 
