@@ -51,9 +51,10 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from orchestrator import keys, lifecycle
+from orchestrator.errors import NotFoundError
 from orchestrator.intake import Job
-from orchestrator.lifecycle import Event
-from orchestrator.models import ExecutionRecord, ExecutionStatus
+from orchestrator.lifecycle import Event, Verdict
+from orchestrator.models import ErrorInfo, ExecutionRecord, ExecutionStatus
 from orchestrator.objects import open_objects
 from orchestrator.records import open_records
 from orchestrator.resilience import async_redis, persist
@@ -309,7 +310,13 @@ class Dispatcher:
         if record is None or record.status.terminal:
             return None, None
         await self.store.save(record, lifecycle.start(record, time.time()))
-        verdict = await self.driver.run(job.plan, await self.store.input_of(job), record)
+        try:
+            document = await self.store.input_of(job)
+        except NotFoundError:  # pruned, or deleted by hand: it will not come back
+            gone = f"its input {job.input_ref} is no longer in the object store"
+            verdict = Verdict(ExecutionStatus.FAILED, ErrorInfo(type="InputError", message=gone))
+        else:
+            verdict = await self.driver.run(job.plan, document, record)
         event = lifecycle.finish(record, verdict, time.time())
         await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
         return event, record

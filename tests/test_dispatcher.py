@@ -252,6 +252,20 @@ def test_an_abandoned_job_is_claimed_and_one_delivered_too_often_dead_lettered(s
     wait_until(ghost_gone, what="the dead consumer to be removed")
 
 
+def test_a_job_whose_offloaded_input_is_gone_fails_once_saying_so(settings, serve):
+    job = prepare(settings, "needs_input", "q_gone_input")
+    gone = keys.data_uri(keys.input_document_key("0" * 64))  # never stored, or pruned
+    send(settings, job.model_copy(update={"input": None, "input_ref": gone}))
+    running = serve({"needs_input": lambda d: {}})
+
+    wait_until(lambda: status(settings, job.execution_id).terminal, what="the job to end")
+    record = open_records(settings).get_execution(job.execution_id)
+    assert record.status == ExecutionStatus.FAILED and record.deliveries == 1
+    assert record.error.message == f"its input {gone} is no longer in the object store"
+    assert running.executor.calls == []
+    assert pending(settings, "q_gone_input") == 0
+
+
 def test_an_unreadable_entry_goes_to_dead_letters_and_the_next_job_still_runs(settings, serve):
     r = redis.Redis.from_url(settings.redis.url)
     job = prepare(settings, "after", "q_garbage")

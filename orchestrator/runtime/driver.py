@@ -175,9 +175,10 @@ class Driver:
             if not outcome.crashed and not should_retry(tries, policy.retries, outcome.retryable):
                 lifecycle.step_ended(sr, StepStatus.FAILED, time.time())
                 break
-            await asyncio.sleep(
-                compute_backoff(sr.attempts, base=policy.backoff_base, cap=policy.backoff_max)
-            )
+            backoff = compute_backoff(sr.attempts, base=policy.backoff_base, cap=policy.backoff_max)
+            if await _cancelled_during(backoff, cancelled):
+                lifecycle.step_ended(sr, StepStatus.CANCELLED, time.time())
+                break
         await self._record(run, sr)
 
     async def _record(self, run: _Run, sr: StepRecord) -> None:
@@ -201,6 +202,19 @@ class Driver:
             started = min((s.started_at for s in steps if s.started_at), default=0.0)
             summary["total_time"] = max(s.finished_at or 0 for s in steps) - started
         return result
+
+
+async def _cancelled_during(seconds: float, cancelled: CancelCheck) -> bool:
+    """Wait ``seconds`` (a retry's backoff), checking each second whether it was cancelled."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, CANCEL_CHECK_S))
+        if await cancelled():
+            return True
+    return False
+
+
+CANCEL_CHECK_S = 1.0  # a step waiting to retry checks this often whether it was cancelled
 
 
 async def _all_or_none(coros: list) -> None:

@@ -10,6 +10,8 @@ from orchestrator.errors import FatalError, RetryableError
 from orchestrator.models import ExecutionRecord, ExecutionStatus, StepStatus
 from orchestrator.plan import Plan, PlannedStep
 from orchestrator.policy import StepPolicy
+from orchestrator.runtime import driver as driver_module
+from orchestrator.runtime.calls import failure
 from orchestrator.runtime.driver import Driver, LocalExecutor
 from orchestrator.runtime.store import MemoryRunStore
 
@@ -261,3 +263,66 @@ def test_an_error_outside_the_steps_stops_every_step_of_the_run_and_is_raised():
     with pytest.raises(ConnectionError, match="redis went away"):
         drive(plan, {"slow": waits_forever, "other": lambda d: {}}, store=LostStore())
     assert sibling["cancelled"]  # nothing of this run keeps going beside a later claim
+
+
+class DyingReplicas(LocalExecutor):
+    """Each attempt's replica dies under it, reported as the Ray executor reports it:
+    ``crashed`` when the replica took only that call."""
+
+    def __init__(self, crashed: bool):
+        super().__init__({})
+        self.crashed = crashed
+
+    async def attempt(self, step, call, args, cancelled):
+        self.calls.append((step.step_id, None))
+        outcome = failure("r#0", 0.0, RuntimeError("died"), retryable=True)
+        outcome.crashed = self.crashed
+        return outcome, None
+
+
+def test_a_step_that_crashes_its_replica_every_time_is_a_poison_job():
+    plan = pipeline(step("a"), step("b", "a"))  # no retries: crashes use none
+    rec, executor = record(plan), DyingReplicas(crashed=True)
+
+    verdict = asyncio.run(Driver(executor, MemoryRunStore(), max_crashes=3).run(plan, {}, rec))
+
+    assert verdict.status == ExecutionStatus.DEAD_LETTERED
+    assert verdict.error.step == "a" and "died 3 times" in verdict.error.message
+    assert [s for s, _ in executor.calls] == ["a", "a", "a"]
+    assert [s.status for s in rec.steps] == [StepStatus.FAILED, StepStatus.SKIPPED]
+
+
+def test_a_replica_death_that_may_not_be_the_calls_own_is_an_ordinary_failure():
+    plan = pipeline(step("a", retries=1))
+    rec, executor = record(plan), DyingReplicas(crashed=False)
+
+    verdict = asyncio.run(Driver(executor, MemoryRunStore(), max_crashes=3).run(plan, {}, rec))
+
+    assert verdict.status == ExecutionStatus.FAILED  # its retries ran out, no dead letter
+    assert len(executor.calls) == 2
+
+
+def test_a_step_waiting_out_a_long_retry_backoff_is_cancelled_where_it_waits(monkeypatch):
+    monkeypatch.setattr(driver_module, "CANCEL_CHECK_S", 0.05)
+    store = MemoryRunStore()
+
+    def failing_then_cancelled(document):
+        store.cancel_requests.add("E1")  # the user cancels while it waits to retry
+        raise RetryableError("try later")
+
+    slow = step("f", retries=3).model_copy(
+        update={
+            "policy": NO_WAIT.model_copy(
+                update={"retries": 3, "backoff_base": 3600, "backoff_max": 3600}
+            )
+        }
+    )
+    plan = pipeline(slow)
+    rec = record(plan)
+    driver = Driver(LocalExecutor({"f": failing_then_cancelled}), store)
+
+    # An hour's backoff: only a cancel seen during the wait ends this run in time.
+    verdict = asyncio.run(asyncio.wait_for(driver.run(plan, {}, rec), timeout=30))
+
+    assert verdict.status == ExecutionStatus.CANCELLED
+    assert rec.steps[0].status == StepStatus.CANCELLED and rec.steps[0].attempts == 1
