@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -46,3 +48,19 @@ def ghost_takes(redis_url: str, job, deliveries: int = 1) -> str:
         r.xclaim(job.stream, keys.CONSUMER_GROUP, "ghost", 0, [entry])  # one more each
     r.sadd(keys.QUEUES_SET, job.queue)
     return entry.decode()
+
+
+@contextlib.contextmanager
+def private_redis(home: Path) -> Iterator[str]:
+    """A redis-server of its own under ``home`` (its URL), stopped on exit: for tests
+    whose streams the session's dispatchers must not see."""
+    from orchestrator.settings import Settings
+    from orchestrator.stack import services
+    from orchestrator.stack.state import StackState
+
+    st = StackState(home=str(home), started_at=time.time())
+    services.start_redis(Settings(home=home), st)
+    try:
+        yield st.redis_url
+    finally:
+        services.stop(st)

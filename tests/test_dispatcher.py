@@ -25,9 +25,7 @@ from orchestrator.policy import StepPolicy
 from orchestrator.records import open_records
 from orchestrator.runtime.driver import LocalExecutor
 from orchestrator.settings import Settings
-from orchestrator.stack import services
-from orchestrator.stack.state import StackState
-from tests.helpers import ghost_takes, wait_until
+from tests.helpers import ghost_takes, private_redis, wait_until
 
 POLICY = StepPolicy(timeout=30, retries=0, backoff_base=0, backoff_max=0)
 
@@ -35,11 +33,8 @@ POLICY = StepPolicy(timeout=30, retries=0, backoff_base=0, backoff_max=0)
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
     """A redis-server of this module's own: the session's dispatchers must not see its jobs."""
-    home = tmp_path_factory.mktemp("dispatcher-redis")
-    st = StackState(home=str(home), started_at=time.time())
-    services.start_redis(Settings(home=home), st)
-    yield st.redis_url
-    services.stop(st)
+    with private_redis(tmp_path_factory.mktemp("dispatcher-redis")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -26,10 +26,8 @@ from orchestrator.records.mongo import MongoRecordStore
 from orchestrator.records.sqlite import SqliteRecordStore
 from orchestrator.runtime.controller import Controller
 from orchestrator.settings import Settings
-from orchestrator.stack import services
-from orchestrator.stack.state import StackState
 from orchestrator.testing import write_task
-from tests.helpers import wait_until
+from tests.helpers import private_redis, wait_until
 
 DAY = 86400.0
 DATA = keys.DATA_BUCKET
@@ -38,11 +36,8 @@ DATA = keys.DATA_BUCKET
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
     """A redis-server of this module's own: its dead letters are this test's alone."""
-    home = tmp_path_factory.mktemp("retention-redis")
-    st = StackState(home=str(home), started_at=time.time())
-    services.start_redis(Settings(home=home), st)
-    yield st.redis_url
-    services.stop(st)
+    with private_redis(tmp_path_factory.mktemp("retention-redis")) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite+local", "mongo+s3"])
