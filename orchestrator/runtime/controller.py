@@ -177,7 +177,7 @@ class Controller:
                 if rs.last_error:  # it cannot be placed: said at once, not after a timeout
                     continue
             await asyncio.wait_for(rs.changed.wait(), self.cfg.load_timeout_s)
-        return ReplicaView(rs.generation, dict(rs.ready), rs.spec.replicas.max_concurrency)
+        return ReplicaView(rs.generation, dict(rs.ready), rs.spec.calls_at_once)
 
     async def report(self, dispatcher: str, demand: dict[str, int]) -> dict[str, int]:
         """A dispatcher's calls waiting or running per set; returns set generations."""
@@ -267,7 +267,7 @@ class Controller:
         now = time.monotonic()
         current = len(rs.ready) + len(rs.starting)
         demand = self._demand(rs.key)
-        per_replica = rs.spec.replicas.max_concurrency
+        per_replica = rs.spec.calls_at_once
         if replicas_for(demand, per_replica) >= len(rs.ready):  # every ready replica is needed
             rs.last_needed = now
         target = desired_replicas(

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from orchestrator.runtime.batching import Batcher
+from tests.conftest import make_task
 
 
 def submit_all(batcher: Batcher, items: list) -> list:
@@ -61,3 +62,23 @@ def test_a_batch_that_returns_too_few_results_fails_every_caller_instead_of_hang
         for f in futures:
             with pytest.raises(ValueError, match="a batch of 2 returned 1 results"):
                 f.result(timeout=30)
+
+
+def test_a_batching_task_forms_batches_under_the_default_replica_settings(client, tmp_path):
+    folder = make_task(
+        tmp_path, "batched_default", "return {}", batch={"max_size": 8, "wait_ms": 200}
+    )
+    (folder / "task.py").write_text(
+        "from orchestrator import SimpleTask\n\n\n"
+        "class Task(SimpleTask):\n"
+        "    def process(self, input_data):\n"
+        "        return {'batch': 1}\n\n"
+        "    def process_batch(self, inputs):\n"
+        "        return [{'batch': len(inputs)} for _ in inputs]\n"
+    )
+    client.register_task(folder)  # no replicas section: the defaults
+
+    ids = [client.submit("batched_default", {"n": n}) for n in range(16)]
+    sizes = [client.wait(i, timeout=60).result["batch"] for i in ids]
+
+    assert max(sizes) > 1, sizes
