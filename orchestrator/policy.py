@@ -93,6 +93,16 @@ def classify(exc: BaseException) -> bool:
     return not isinstance(exc, OrchestratorError)
 
 
+def cluster_fit(cpus: float, gpus: float, num_cpus: float | None, num_gpus: float | None) -> int:
+    """The default ``replicas.max``: how many replicas the cluster's CPUs (and GPUs, for a
+    task that asks for them) hold, at least one. A replica that names no ``num_cpus``
+    counts as one CPU's worth, the share Ray gives it to be placed."""
+    fits = cpus / (num_cpus or 1.0)
+    if num_gpus:
+        fits = min(fits, gpus / num_gpus)
+    return max(1, int(fits))
+
+
 def replicas_for(demand: int, per_replica: int) -> int:
     """Replicas that ``demand`` calls (waiting or running) fill, ``per_replica`` at a time."""
     return -(-demand // per_replica) if demand > 0 else 0

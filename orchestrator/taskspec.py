@@ -53,7 +53,7 @@ class Replicas(BaseModel):
 
     model_config = _STRICT
     min: int = Field(default=0, ge=0)
-    max: int = Field(default=1, ge=1)
+    max: int | None = Field(default=None, ge=1)  # None: as many as the cluster can hold
     max_concurrency: int = Field(default=1, ge=1)
 
 

@@ -72,3 +72,12 @@ def test_each_level_of_a_step_policy_wins_over_the_ones_after_it(levels, expecte
     policy = resolve_step_policy(DEFAULTS, **levels)
     assert (policy.timeout, policy.retries) == expected
     assert (policy.backoff_base, policy.backoff_max) == (0.5, 8)
+
+
+def test_by_default_a_task_gets_as_many_replicas_as_the_cluster_holds():
+    from orchestrator.policy import cluster_fit
+
+    assert cluster_fit(cpus=8, gpus=0, num_cpus=None, num_gpus=None) == 8  # one CPU's worth
+    assert cluster_fit(cpus=8, gpus=0, num_cpus=0.5, num_gpus=None) == 16
+    assert cluster_fit(cpus=8, gpus=2, num_cpus=1, num_gpus=1) == 2  # GPUs bound it
+    assert cluster_fit(cpus=1, gpus=0, num_cpus=4, num_gpus=None) == 1  # never none

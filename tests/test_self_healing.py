@@ -292,7 +292,8 @@ with open(input_data["log"], "a") as f:
     f.write(f"{start} {time.time()}\\n")
 return {}
 """
-    client.register_task(make_task(tmp_path, "heal_one", body, timeout=2, max_retries=0))
+    one = {"replicas": {"max": 1}}  # one replica: the cluster would allow two
+    client.register_task(make_task(tmp_path, "heal_one", body, timeout=2, max_retries=0, **one))
     narrow = settings.model_copy(deep=True)
     narrow.dispatcher.concurrency = 2  # five jobs: both dispatchers take some
     cluster.deploy(narrow)

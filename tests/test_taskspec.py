@@ -55,7 +55,7 @@ def test_a_minimal_spec_gets_the_defaults_and_leaves_timeout_and_retries_unset(t
     assert (spec.queue, spec.priority) == ("default", 5)
     # unset, not defaulted: a pipeline's global_settings may still fill them in
     assert (spec.max_retries, spec.timeout) == (None, None)
-    assert spec.replicas.max == 1
+    assert spec.replicas.max is None  # as many as the cluster holds, decided at run time
 
 
 def test_unknown_field_is_named_with_the_file(tmp_path):

@@ -31,7 +31,7 @@ from orchestrator import keys, retention
 from orchestrator.errors import NotFoundError, ReplicaUnavailable
 from orchestrator.models import TaskRecord, WorkerState
 from orchestrator.objects import open_objects
-from orchestrator.policy import desired_replicas, replicas_for
+from orchestrator.policy import cluster_fit, desired_replicas, replicas_for
 from orchestrator.records import open_records
 from orchestrator.resilience import async_redis, redis_client
 from orchestrator.runtime import actors
@@ -142,6 +142,7 @@ class Controller:
         self._loop_task: asyncio.Task | None = None
         self._prober: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._totals, self._totals_at = (1.0, 0.0), -CLUSTER_READ_S  # cluster CPUs, GPUs
 
     async def start(self) -> None:
         """Adopt the replicas alive on the cluster, then run the loops (idempotent)."""
@@ -461,7 +462,23 @@ class Controller:
         return sum(d.get(key, 0) for t, d in self.reports.values() if now - t < ttl)
 
     def _high(self, rs: ReplicaSet) -> int:
-        return max(rs.spec.replicas.max, rs.low)
+        """The most replicas a set may have: its task's ``replicas.max``, else what the
+        cluster holds (see :func:`~orchestrator.policy.cluster_fit`)."""
+        high = rs.spec.replicas.max
+        if high is None:
+            cpus, gpus = self._cluster_totals()
+            r = rs.spec.resources
+            high = cluster_fit(cpus, gpus, r.num_cpus, r.num_gpus)
+        return max(high, rs.low)
+
+    def _cluster_totals(self) -> tuple[float, float]:
+        """The live cluster's CPUs and GPUs, read again every ``CLUSTER_READ_S``."""
+        now = time.monotonic()
+        if now - self._totals_at > CLUSTER_READ_S:
+            totals = ray.cluster_resources()
+            self._totals = (totals.get("CPU", 1.0), totals.get("GPU", 0.0))
+            self._totals_at = now
+        return self._totals
 
     async def _mark_worker(self, name: str, state: WorkerState) -> None:
         workers = await asyncio.to_thread(self.records.list_workers)
@@ -483,6 +500,7 @@ class Controller:
 
 _DEAD = object()
 HUNG_AFTER_PROBES = 3  # a replica that misses this many probes in a row is replaced
+CLUSTER_READ_S = 10.0  # how often the controller reads the cluster's size again
 
 
 class ControllerActor(Controller):

@@ -330,3 +330,50 @@ def test_pipeline_execute_runs_the_pipeline_when_a_task_has_its_name(client, tmp
     assert json.loads(as_run.stdout)["result"] == {"from": "task"}
     missing = runner.invoke(app, ["pipeline", "execute", "no_such_pipeline", "{}"])
     assert missing.exit_code == 3 and "unknown pipeline 'no_such_pipeline'" in missing.stderr
+
+
+def test_a_parallel_group_of_one_task_runs_on_two_replicas_by_default(client, tmp_path):
+    sleepy = 'import os, time\ntime.sleep(2.0)\nreturn {"pid": os.getpid()}'
+    client.register_task(make_task(tmp_path, "same_twice", sleepy))  # no replicas section
+    client.register_task(make_task(tmp_path, "same_start", 'return {"a": 1}'))
+    pid = register(
+        client,
+        tmp_path,
+        {
+            "pipeline_id": "one_task_group",
+            "steps": [
+                {"task_id": "same_start"},
+                {
+                    "step_id": "b",
+                    "task_id": "same_twice",
+                    "depends_on": ["same_start"],
+                    "parallel_group": "g",
+                },
+                {
+                    "step_id": "c",
+                    "task_id": "same_twice",
+                    "depends_on": ["same_start"],
+                    "parallel_group": "g",
+                },
+            ],
+        },
+    )
+    client.run(pid, {})  # warm: the second replica starts on the demand of the first run
+    record = client.run(pid, {})
+
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    steps = {s.step_id: s for s in record.steps}
+    b, c = steps["b"], steps["c"]
+    assert b.worker_id != c.worker_id  # two replicas of the one task
+    assert b.started_at < c.finished_at and c.started_at < b.finished_at  # in parallel
+
+
+def test_a_burst_scales_a_task_past_one_replica_without_any_setting(client, tmp_path):
+    body = 'import os, time\ntime.sleep(1.0)\nreturn {"pid": os.getpid()}'
+    client.register_task(make_task(tmp_path, "burst_default", body))  # no replicas section
+
+    ids = [client.submit("burst_default", {"n": n}) for n in range(8)]
+    records = [client.wait(i, timeout=120) for i in ids]
+
+    assert all(r.status == ExecutionStatus.SUCCEEDED for r in records)
+    assert len({r.worker_id for r in records}) >= 2
