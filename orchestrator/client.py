@@ -9,6 +9,7 @@ record.result["face_count"]
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from orchestrator.models import (
     new_execution_id,
 )
 from orchestrator.objects import ObjectStore, open_objects
+from orchestrator.outputs import restore
 from orchestrator.pipelines import registry as pipeline_registry
 from orchestrator.pipelines.graph import check_input, check_step_inputs, compile_plan
 from orchestrator.pipelinespec import load_file
@@ -306,6 +308,16 @@ class Client:
         if record is None:
             raise NotFoundError(f"unknown execution {execution_id!r}")
         return record
+
+    def result(self, execution_id: str) -> Any:
+        """An execution's result as its steps returned it: read back from the object
+        store if it was stored there, with its numpy arrays and bytes in place."""
+        record = self.execution(execution_id)
+        document = record.result
+        if record.result_ref is not None:
+            key = keys.result_key_of(record.result_ref)
+            document = json.loads(self.objects.get(keys.DATA_BUCKET, key))
+        return restore(document, self.objects)
 
     def cancel(self, execution_id: str) -> ExecutionRecord:
         """Cancel a queued or running execution.

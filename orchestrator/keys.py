@@ -156,6 +156,11 @@ def result_key(execution_id: str) -> str:
     return f"results/{execution_id}.json"
 
 
+def result_key_of(result_ref: str) -> str:
+    """The key of a stored result from the URI its record holds (``s3://`` or ``file://``)."""
+    return "results/" + result_ref.rsplit("/results/", 1)[1]
+
+
 # Records -------------------------------------------------------------------
 TASKS = "tasks"
 PIPELINES = "pipelines"

@@ -25,7 +25,7 @@ from orchestrator import keys
 from orchestrator.errors import ValidationError
 from orchestrator.objects import ObjectStore
 
-_PLAIN = (str, int, float, bool, type(None))
+_RECORDABLE = (str, int, float, bool, type(None), np.ndarray, np.generic, bytes, bytearray)
 
 
 def check_recordable(value: Any, what: str) -> None:
@@ -40,7 +40,7 @@ def check_recordable(value: Any, what: str) -> None:
 
 
 def _first_unrecordable(value: Any, path: str) -> tuple[str, str] | None:
-    if isinstance(value, _PLAIN | np.ndarray | np.generic | bytes | bytearray):
+    if isinstance(value, _RECORDABLE):
         return None
     if isinstance(value, dict):
         for k, v in value.items():

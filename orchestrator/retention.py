@@ -8,7 +8,8 @@ this order:
 2. the objects that no longer belong to anything and were written before the
    cutoff: results and kept step outputs of executions that are gone,
    uploaded inputs (content-addressed, so shared) that no remaining
-   execution or dead letter names, and step-cache entries;
+   execution or dead letter names, arrays and bytes of step outputs that no
+   remaining result names, and step-cache entries;
 3. dead letters moved there before the cutoff;
 4. worker rows whose last heartbeat is older than the cutoff.
 
@@ -21,6 +22,7 @@ Acknowledged stream entries need no pruning: they are deleted when acknowledged.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -107,6 +109,7 @@ def _sweep_objects(
     for execution in records.scan_executions():
         live_ids.add(execution.execution_id)
         named.update(_named_by(execution.input, execution.input_ref, objects))
+        named.update(_stored_parts(execution.result, execution.result_ref, objects))
     for _, fields in r.xrange(keys.DEAD_LETTERS):
         job = _job(fields)
         if job is not None:
@@ -119,12 +122,12 @@ def _sweep_objects(
             return rest.removesuffix(".json") not in live_ids
         if prefix == "steps":
             return rest.split("/", 1)[0] not in live_ids
-        if prefix == "inputs":
+        if prefix in ("inputs", "arrays", "blobs"):
             return keys.data_uri(key) not in named
         return prefix == "cache"  # a cache entry is only ever an optimisation
 
     removed = 0
-    for prefix in ("results/", "steps/", "inputs/", "cache/"):
+    for prefix in ("results/", "steps/", "inputs/", "arrays/", "blobs/", "cache/"):
         cutoff = uploads_before if prefix == "inputs/" else before
         for key, written in objects.list_modified(keys.DATA_BUCKET, prefix).items():
             if written < cutoff and owner_gone(key):
@@ -142,6 +145,32 @@ def _named_by(document: Any, ref: str | None, objects: ObjectStore) -> set[str]:
     except NotFoundError:  # gone already: it names nothing more
         return {ref}
     return {ref, *input_uris(offloaded)}
+
+
+def _stored_parts(result: Any, ref: str | None, objects: ObjectStore) -> set[str]:
+    """The arrays and bytes a result names (see orchestrator.outputs), stored result too."""
+    if ref is not None:
+        try:
+            result = json.loads(
+                objects.get(keys.DATA_BUCKET, "results/" + ref.rsplit("/results/", 1)[1])
+            )
+        except NotFoundError:
+            return set()
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k in ("$array", "$bytes") and isinstance(v, str):
+                    found.add(v)
+                else:
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(result)
+    return found
 
 
 def input_uris(document: Any, ref: str | None = None) -> Iterable[str]:

@@ -10,6 +10,7 @@ import jsonschema
 from orchestrator.errors import ValidationError
 from orchestrator.models import TaskRecord
 from orchestrator.objects import ObjectStore
+from orchestrator.outputs import check_recordable
 from orchestrator.packages import fetch, load_task
 from orchestrator.sdk import TaskBase
 
@@ -38,6 +39,7 @@ class TaskRunner:
         check(self._input, input_data, f"{self.record.task_id} input")
         output = self.task.run(input_data)
         check(self._output, output, f"{self.record.task_id} output")
+        check_recordable(output, f"{self.record.task_id} output")
         return output
 
     def run_batch(self, inputs: list[Any]) -> list[Any]:
@@ -64,6 +66,7 @@ class TaskRunner:
         for i, output in zip(valid, outputs, strict=True):
             try:
                 check(self._output, output, f"{self.record.task_id} output")
+                check_recordable(output, f"{self.record.task_id} output")
                 results[i] = output
             except ValidationError as e:
                 results[i] = e

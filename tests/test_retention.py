@@ -222,15 +222,10 @@ def test_prune_on_the_stack_forgets_an_old_run_and_its_objects_and_keeps_a_new_o
     with pytest.raises(NotFoundError):
         client.execution(old.execution_id)
     assert client.execution(new.execution_id).status == ExecutionStatus.SUCCEEDED
-    for gone in (old.input_ref, result_key(old.result_ref), only_old):
+    for gone in (old.input_ref, keys.result_key_of(old.result_ref), only_old):
         assert not has(client.objects, gone), gone
-    for kept in (shared, new.input["b_path"], result_key(new.result_ref)):
+    for kept in (shared, new.input["b_path"], keys.result_key_of(new.result_ref)):
         assert has(client.objects, kept), kept
-
-
-def result_key(result_ref: str) -> str:
-    """The data-bucket key of a result's URI (a file:// URI on the local store)."""
-    return "results/" + result_ref.rsplit("/results/", 1)[1]
 
 
 def test_prune_from_the_cli_reports_counts_and_refuses_a_bad_age(cli_env):

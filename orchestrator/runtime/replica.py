@@ -33,13 +33,20 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import psutil
 import ray
 
 from orchestrator import keys
-from orchestrator.errors import MemoryLimitExceeded, ReplicaUnavailable, TaskTimeoutError
+from orchestrator.errors import (
+    MemoryLimitExceeded,
+    NotFoundError,
+    ReplicaUnavailable,
+    TaskTimeoutError,
+)
 from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
 from orchestrator.objects import open_objects
+from orchestrator.outputs import restore, to_record
 from orchestrator.pipelines.mapping import step_input
 from orchestrator.policy import classify
 from orchestrator.records import open_records
@@ -129,21 +136,30 @@ class Replica:
         except Exception as e:  # noqa: BLE001 - a mapping that reads nothing is fatal
             return self._failed(started, e, retryable=False), None
         key = self._cache_key(document) if step.cache else None
-        if key and self._objects.exists(keys.DATA_BUCKET, key):
-            data = self._objects.get(keys.DATA_BUCKET, key)
-            if step.keep_as:  # a hit is a finished step too: a claimed job resumes after it
-                self._objects.put(keys.DATA_BUCKET, step.keep_as, data)
-            return self._hit(started), json.loads(data)
-        if step.keep_as and self._objects.exists(keys.DATA_BUCKET, step.keep_as):
-            # A redelivered step that finished after its dispatcher died: not run again.
-            return self._hit(started), json.loads(self._objects.get(keys.DATA_BUCKET, step.keep_as))
+        for written in filter(None, (key, step.keep_as)):
+            # A cached output, or one a redelivered step's replica finished after
+            # its dispatcher died: not run again.
+            found = self._written(written)
+            if found is not None:
+                data, output = found
+                if step.keep_as and written == key:  # a hit is a finished step too
+                    self._objects.put(keys.DATA_BUCKET, step.keep_as, data)
+                return self._hit(started), output
         outcome = self._timed(step, document, started)
         result, outcome.result = outcome.result, None
         if outcome.ok and (key or step.keep_as):
-            data = json.dumps(result).encode()
+            data = json.dumps(to_record(result, self._objects)).encode()
             for target in filter(None, (key, step.keep_as)):
                 self._objects.put(keys.DATA_BUCKET, target, data)
         return outcome, result
+
+    def _written(self, key: str) -> tuple[bytes, Any] | None:
+        """A step output written under key (as recorded, and as the next steps get it)."""
+        try:
+            data = self._objects.get(keys.DATA_BUCKET, key)
+            return data, restore(json.loads(data), self._objects)
+        except NotFoundError:  # not there, or an array it names was pruned: run the step
+            return None
 
     def _timed(self, step: StepCall, document: Any, started: float) -> Outcome:
         """Run the body in its own thread and wait for it until the step's timeout.
@@ -211,7 +227,7 @@ class Replica:
         return outcome
 
     def _cache_key(self, document: Any) -> str:
-        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=_digest)
         digest = hashlib.sha256(f"{self.record.sha256}\n{canonical}".encode()).hexdigest()
         return keys.cache_key(self.record.task_id, digest)
 
@@ -263,6 +279,17 @@ class Replica:
         while True:
             time.sleep(self.heartbeat_s)
             self._beat()
+
+
+def _digest(value: Any) -> str:
+    """A stand-in for an array or bytes in a cache key: its content's digest."""
+    if isinstance(value, np.ndarray):
+        data = value.tobytes() + f"{value.dtype}{value.shape}".encode()
+    elif isinstance(value, bytes | bytearray):
+        data = bytes(value)
+    else:
+        return str(value)
+    return hashlib.sha256(data).hexdigest()
 
 
 MEMORY_SAMPLE_S = 0.01  # a running call samples its replica's memory this often

@@ -22,6 +22,7 @@ from orchestrator.intake import Job
 from orchestrator.lifecycle import Event
 from orchestrator.models import ExecutionRecord
 from orchestrator.objects import ObjectStore
+from orchestrator.outputs import to_record
 from orchestrator.records import RecordStore
 from orchestrator.resilience import TRANSIENT, persist
 
@@ -122,6 +123,7 @@ class RecordsRunStore:
     def _offload_result(self, record: ExecutionRecord) -> None:
         if record.result is None:
             return
+        record.result = to_record(record.result, self.objects)  # arrays, bytes: stored
         data = json.dumps(record.result).encode()
         if len(data) > self.inline_bytes:
             key = keys.result_key(record.execution_id)

@@ -377,3 +377,56 @@ def test_a_burst_scales_a_task_past_one_replica_without_any_setting(client, tmp_
 
     assert all(r.status == ExecutionStatus.SUCCEEDED for r in records)
     assert len({r.worker_id for r in records}) >= 2
+
+
+def test_a_pipeline_passing_an_8_mb_array_between_steps_succeeds_and_records_it(
+    client, tmp_path, cli_env
+):
+    client.register_task(
+        make_task(
+            tmp_path, "make_array", "import numpy as np\nreturn {'arr': np.ones((1000, 1000))}"
+        )
+    )
+    client.register_task(
+        make_task(
+            tmp_path,
+            "sum_array",
+            "return {'total': float(input_data['arr'].sum()), 'doubled': input_data['arr'] * 2}",
+        )
+    )
+    pid = register(
+        client,
+        tmp_path,
+        {
+            "pipeline_id": "arrays",
+            "steps": [
+                {"task_id": "make_array"},
+                {
+                    "task_id": "sum_array",
+                    "depends_on": ["make_array"],
+                    "input_mapping": {"arr": "$.make_array.arr"},
+                },
+            ],
+        },
+    )
+
+    record = client.run(pid, {}, timeout=120)
+
+    assert record.status == ExecutionStatus.SUCCEEDED, record.error
+    shown = runner.invoke(app, ["executions", "show", record.execution_id, "--json"])
+    assert shown.exit_code == 0, shown.output
+    result = json.loads(shown.stdout)["result"]
+    assert result["total"] == 1_000_000.0
+    assert result["doubled"]["shape"] == [1000, 1000] and result["doubled"]["dtype"] == "float64"
+    doubled = client.result(record.execution_id)["doubled"]  # the array itself, read back
+    assert doubled.shape == (1000, 1000) and float(doubled.sum()) == 2_000_000.0
+
+
+def test_an_output_that_cannot_be_recorded_fails_its_step_naming_the_field(client, tmp_path):
+    client.register_task(make_task(tmp_path, "returns_a_set", "return {'tags': {'a', 'b'}}"))
+
+    record = client.run("returns_a_set", {}, timeout=60)
+
+    assert record.status == ExecutionStatus.FAILED
+    assert record.error.type == "ValidationError"
+    assert "returns_a_set output field 'tags': a set cannot be recorded" in record.error.message
