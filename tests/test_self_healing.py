@@ -29,7 +29,7 @@ from orchestrator.models import ExecutionStatus
 from orchestrator.settings import Settings
 from orchestrator.stack.health import control_plane_alive, controller_beat
 from orchestrator.stack.supervisor import watch_cluster
-from tests.conftest import make_task
+from tests.conftest import IMAGES, ROOT, TASK_PKGS, make_task
 from tests.helpers import wait_until
 
 # Each body appends "<task>:<tag>" to the file named by its input, then sleeps.
@@ -394,6 +394,41 @@ def test_a_control_plane_gone_from_a_cluster_is_deployed_again_by_the_watcher(
     assert record.status == ExecutionStatus.SUCCEEDED
     stack.ensure(embedded(settings))  # the stack's own supervisor back
     assert stack.read_state(settings).supervisor_pid != supervisor
+
+
+def test_idle_replicas_give_way_so_face_pipelines_after_a_burst_all_succeed(
+    settings, client, tmp_path
+):
+    # This stack keeps idle replicas for 120 s: after a burst, a task scaled by
+    # default to what the cluster holds keeps every CPU, and the face steps'
+    # replicas can be placed only if those idle replicas give way.
+    for folder in sorted(TASK_PKGS.iterdir()):
+        if (folder / "task.json").is_file():
+            client.register_task(folder)
+    client.register_pipelines(ROOT / "pipelines" / "face_processing_pipeline.json")
+    register(client, tmp_path, "cpu_hog", resources={"num_cpus": 0.5})  # no replicas section
+    log = tmp_path / "hog.log"
+    burst = [
+        client.submit("cpu_hog", {"log": str(log), "tag": f"h{i}", "sleep": 1.5}) for i in range(16)
+    ]
+    assert {client.wait(i, timeout=120).status for i in burst} == {ExecutionStatus.SUCCEEDED}
+
+    def hog_set() -> dict:
+        beat = controller_beat(settings.redis.url) or {"sets": []}
+        return next(s for s in beat["sets"] if s["key"].startswith("cpu_hog@"))
+
+    assert len(hog_set()["ready"]) == 4  # 4 x 0.5 CPU: the whole node, idle now
+
+    grid = str(IMAGES / "astronaut_grid.jpg")
+    ids = [client.submit("face_processing_pipeline", {"image_path": grid}) for _ in range(4)]
+    # Well inside the 120 s the idle replicas would otherwise keep their CPUs.
+    records = [client.wait(i, timeout=90) for i in ids]
+
+    assert [r.status for r in records] == [ExecutionStatus.SUCCEEDED] * 4, [
+        r.error for r in records
+    ]
+    assert all(len(r.result["faces"]) == 4 for r in records)
+    assert len(hog_set()["ready"]) < 4  # some gave way
 
 
 def test_down_stops_everything_the_stack_started_even_what_it_restarted(settings):

@@ -67,6 +67,32 @@ def actor_options(spec: TaskSpec) -> dict[str, Any]:
 _RESOURCE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
 
+def placement_needs(spec: TaskSpec) -> dict[str, float]:
+    """What a node must have free to place a replica (Ray's names). An actor that
+    names no ``num_cpus`` needs one CPU to be placed, and holds none once running."""
+    r = spec.resources
+    needs = {"CPU": r.num_cpus if r.num_cpus is not None else 1.0, **r.custom}
+    if r.num_gpus:
+        needs["GPU"] = r.num_gpus
+    if r.memory:
+        needs["memory"] = float(r.memory)
+    return {k: v for k, v in needs.items() if v}
+
+
+def held_by(spec: TaskSpec) -> dict[str, float]:
+    """What one running replica of a task holds (freed when it is killed)."""
+    r = spec.resources
+    held = {"CPU": r.num_cpus or 0.0, "GPU": r.num_gpus or 0.0, **r.custom}
+    if r.memory:
+        held["memory"] = float(r.memory)
+    return {k: v for k, v in held.items() if v}
+
+
+def _shortfall(needs: dict[str, float], free: dict[str, float]) -> dict[str, float]:
+    """How much of each resource is missing (needs minus free, where positive)."""
+    return {r: n - free.get(r, 0.0) for r, n in needs.items() if n - free.get(r, 0.0) > 1e-9}
+
+
 def unplaceable(task_id: str, options: dict[str, Any], nodes: list[dict]) -> str | None:
     """Why no live node of the cluster can hold a replica with these options, or None.
 
@@ -101,6 +127,8 @@ class ReplicaSet:
     record: TaskRecord
     ready: dict[str, Any] = field(default_factory=dict)  # routable replicas
     starting: set[str] = field(default_factory=set)
+    started_at: dict[str, float] = field(default_factory=dict)  # starting replica -> when (epoch)
+    give_up: dict[str, asyncio.Event] = field(default_factory=dict)  # set: stop waiting for it
     draining: dict[str, Any] = field(default_factory=dict)
     next_index: int = 0
     generation: int = 0
@@ -260,6 +288,10 @@ class Controller:
                     await self._finish_draining(rs)
                 except Exception:
                     log.exception("reconciling %s failed", rs.key)
+            try:
+                await self._make_room()
+            except Exception:
+                log.exception("making room for unplaced replicas failed")
             if self._prober is None or self._prober.done():  # one sweep at a time
                 self._prober = self._background(self._probe_all())
 
@@ -296,6 +328,83 @@ class Controller:
                 rs.draining.pop(name, None)
                 await self._kill(handle)
                 await self._forget_worker(name)
+
+    async def _make_room(self) -> None:
+        """Replicas waiting for placement take the place of idle replicas of other sets.
+
+        A replica still starting after ``PLACEMENT_GRACE_S`` while the cluster
+        lacks what it needs to place it (Ray's available resources), and that
+        has not written its first worker record (so it is not loading), has idle
+        replicas of other sets drained for it, least recently needed first,
+        never below their ``min`` nor from a pinned set, until what they free
+        covers the shortfall. If nothing holding that resource could ever give
+        way, the replica is given up at once, naming the resource, instead of
+        after ``load_timeout_s``.
+        """
+        now = time.time()
+        late = {
+            name: (rs, since)
+            for rs in self.sets.values()
+            for name, since in rs.started_at.items()
+            if now - since > PLACEMENT_GRACE_S
+        }
+        if not late:
+            return
+        workers = await asyncio.to_thread(self.records.list_workers)
+        placed = {
+            w.worker_id
+            for w in workers
+            if w.worker_id in late and (w.started_at or 0) >= late[w.worker_id][1] - 1
+        }
+        unplaced = [(rs, name) for name, (rs, _) in late.items() if name not in placed]
+        if not unplaced:
+            return
+        free = ray.available_resources()
+        for rs, name in unplaced:
+            short = _shortfall(placement_needs(rs.spec), free)
+            if not short:  # it can be placed: it is loading
+                continue
+            for other in self.sets.values():  # what is draining already will free its part
+                for _ in other.draining:
+                    short = _shortfall(short, held_by(other.spec))
+            for other in sorted(self.sets.values(), key=lambda o: o.last_needed):
+                frees = held_by(other.spec)
+                while any(frees.get(r, 0) > 0 for r in short) and self._idle_above_min(
+                    other, exclude=rs
+                ):
+                    victim = max(other.ready, key=keys.replica_index)
+                    other.draining[victim] = other.ready.pop(victim)
+                    other.bump()
+                    log.info("draining idle %s to make room for %s", victim, name)
+                    short = _shortfall(short, frees)
+            if short and not self._could_give_way(rs, short):
+                needs = ", ".join(f"{r} {n:g}" for r, n in sorted(placement_needs(rs.spec).items()))
+                rs.last_error = (
+                    f"task {rs.record.task_id} needs {needs} to start a replica; the cluster "
+                    f"has too little {', '.join(sorted(short))} free and no replica can give way"
+                )
+                rs.give_up[name].set()
+
+    def _idle_above_min(self, rs: ReplicaSet, exclude: ReplicaSet) -> bool:
+        """Whether a set has a ready replica it could spare now."""
+        return (
+            rs is not exclude
+            and rs.pinned is None
+            and self._demand(rs.key) == 0
+            and len(rs.ready) > rs.low
+            and bool(rs.ready)
+        )
+
+    def _could_give_way(self, rs: ReplicaSet, short: dict[str, float]) -> bool:
+        """Whether some other set holds a short resource in replicas above its min
+        (busy now, they give way once idle), or is draining some."""
+        for other in self.sets.values():
+            holds = held_by(other.spec)
+            if other is rs or not any(holds.get(r, 0) > 0 for r in short):
+                continue
+            if other.draining or (other.pinned is None and len(other.ready) > other.low):
+                return True
+        return False
 
     async def _probe_all(self) -> None:
         """Replace ready replicas whose process is gone, or that stopped answering."""
@@ -414,19 +523,37 @@ class Controller:
             **options,
         ).remote(self.settings, rs.record, name)
         rs.starting.add(name)
+        rs.started_at[name] = time.time()
+        rs.give_up[name] = asyncio.Event()
         self._background(self._await_ready(rs, name, handle))
 
     async def _await_ready(self, rs: ReplicaSet, name: str, handle: Any) -> None:
+        """Wait until the replica answers, it fails, ``load_timeout_s`` passes, or
+        :meth:`_make_room` gives up on placing it (``rs.give_up``)."""
+        ping = asyncio.ensure_future(handle.ping.remote())
+        gave_up = asyncio.ensure_future(rs.give_up[name].wait())
         try:
-            await asyncio.wait_for(handle.ping.remote(), self.cfg.load_timeout_s)
+            done, _ = await asyncio.wait(
+                {ping, gave_up}, timeout=self.cfg.load_timeout_s, return_when="FIRST_COMPLETED"
+            )
+            if ping not in done:
+                ping.cancel()
+                why = rs.last_error if gave_up in done else None
+                raise ReplicaUnavailable(why or f"not ready within {self.cfg.load_timeout_s:g}s")
+            ping.result()
         except Exception as e:  # noqa: BLE001 - could not be placed, or died loading
             log.error("replica %s did not start: %s", name, e)
-            rs.last_error = f"{type(e).__name__}: {e}"[:300]
+            if not isinstance(e, ReplicaUnavailable):
+                rs.last_error = f"{type(e).__name__}: {e}"[:300]
             await self._kill(handle)
             await self._mark_worker(name, WorkerState.DEAD)
             rs.starting.discard(name)
             rs.bump()
             return
+        finally:
+            gave_up.cancel()
+            rs.started_at.pop(name, None)
+            rs.give_up.pop(name, None)
         rs.starting.discard(name)
         if self.sets.get(rs.key) is rs:
             rs.ready[name] = handle
@@ -501,6 +628,7 @@ class Controller:
 _DEAD = object()
 HUNG_AFTER_PROBES = 3  # a replica that misses this many probes in a row is replaced
 CLUSTER_READ_S = 10.0  # how often the controller reads the cluster's size again
+PLACEMENT_GRACE_S = 2.0  # a replica not placed after this long may take idle replicas' place
 
 
 class ControllerActor(Controller):

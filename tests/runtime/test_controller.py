@@ -1,9 +1,15 @@
-"""The controller: the Ray options a task's resources become, and what no node can place."""
+"""The controller: the Ray options a task's resources become, what no node can place, and
+how idle replicas make room for one that cannot be placed."""
 
 from __future__ import annotations
 
-from orchestrator.models import ExecutionStatus
-from orchestrator.runtime.controller import actor_options, unplaceable
+import asyncio
+import time
+
+from orchestrator.models import ExecutionStatus, TaskRecord
+from orchestrator.runtime import controller as controller_module
+from orchestrator.runtime.controller import Controller, ReplicaSet, actor_options, unplaceable
+from orchestrator.settings import Settings
 from orchestrator.taskspec import TaskSpec
 from tests.conftest import make_task
 
@@ -63,3 +69,80 @@ def test_a_task_asking_for_a_gpu_on_a_cpu_only_stack_fails_at_once_naming_it(cli
     record = client.run("wants_gpu", {}, timeout=60)  # not the 600 s load timeout
     assert record.status == ExecutionStatus.FAILED
     assert "needs num_gpus 1 (the most a node has: 0)" in record.error.message
+
+
+# Making room: idle replicas give way to one that cannot be placed --------------
+
+
+def replica_set(task_id: str, num_cpus: float | None, ready: int = 0) -> ReplicaSet:
+    record = TaskRecord(
+        task_id=task_id,
+        version="1",
+        sha256="sha",
+        size=1,
+        object_key="k",
+        registered_at=0.0,
+        spec={
+            "task_id": task_id,
+            "name": task_id,
+            "version": "1",
+            "entry_point": "task.Task",
+            "resources": {"num_cpus": num_cpus} if num_cpus is not None else {},
+        },
+    )
+    rs = ReplicaSet(record)
+    rs.ready = {f"wtm:{task_id}@1#{n}": object() for n in range(ready)}
+    return rs
+
+
+def make_room(tmp_path, monkeypatch, sets: list[ReplicaSet], free_cpus: float) -> None:
+    """Run one round of the controller's making room, Ray's free CPUs as given."""
+    monkeypatch.setattr(controller_module.ray, "available_resources", lambda: {"CPU": free_cpus})
+    controller = Controller(Settings(home=tmp_path))  # no Redis: only its records are read
+    controller.sets = {rs.key: rs for rs in sets}
+
+    async def once() -> None:
+        for rs in sets:
+            rs.changed = asyncio.Event()
+        await controller._make_room()
+
+    asyncio.run(once())
+
+
+def waiting_to_be_placed(rs: ReplicaSet) -> str:
+    name = f"wtm:{rs.record.task_id}@1#9"
+    rs.starting.add(name)
+    rs.started_at[name] = time.time() - 10  # well past the grace, and no worker record
+    rs.give_up[name] = asyncio.Event()
+    return name
+
+
+def test_idle_replicas_of_other_sets_are_drained_until_what_they_free_is_enough(
+    tmp_path, monkeypatch
+):
+    hog = replica_set("hog", num_cpus=0.5, ready=4)  # the node's 2 CPUs, idle
+    light = replica_set("light", num_cpus=None, ready=2)  # holds no CPU once placed
+    detect = replica_set("detect", num_cpus=None)  # needs 1 CPU to be placed
+    name = waiting_to_be_placed(detect)
+
+    make_room(tmp_path, monkeypatch, [hog, light, detect], free_cpus=0.0)
+
+    assert len(hog.draining) == 2 and len(hog.ready) == 2  # 2 x 0.5 frees the 1 CPU
+    assert light.draining == {}  # draining it would free nothing
+    assert not detect.give_up[name].is_set()
+
+
+def test_a_replica_nothing_can_give_way_to_is_given_up_naming_the_resource(tmp_path, monkeypatch):
+    pinned = replica_set("pinned", num_cpus=1.0, ready=2)
+    pinned.pinned = 2  # an operator's choice: never drained for another set
+    detect = replica_set("detect", num_cpus=None)
+    name = waiting_to_be_placed(detect)
+
+    make_room(tmp_path, monkeypatch, [pinned, detect], free_cpus=0.0)
+
+    assert pinned.draining == {}
+    assert detect.give_up[name].is_set()
+    assert detect.last_error == (
+        "task detect needs CPU 1 to start a replica; the cluster has too little CPU free "
+        "and no replica can give way"
+    )
