@@ -411,7 +411,8 @@ def test_idle_replicas_give_way_so_face_pipelines_after_a_burst_all_succeed(
     burst = [
         client.submit("cpu_hog", {"log": str(log), "tag": f"h{i}", "sleep": 1.5}) for i in range(16)
     ]
-    assert {client.wait(i, timeout=120).status for i in burst} == {ExecutionStatus.SUCCEEDED}
+    done = [client.wait(i, timeout=120) for i in burst]
+    assert {r.status for r in done} == {ExecutionStatus.SUCCEEDED}, {str(r.error) for r in done}
 
     def hog_set() -> dict:
         beat = controller_beat(settings.redis.url) or {"sets": []}

@@ -88,6 +88,18 @@ def held_by(spec: TaskSpec) -> dict[str, float]:
     return {k: v for k, v in held.items() if v}
 
 
+def _pending(handle: Any) -> bool:
+    """Whether Ray still waits to create this actor (not placed, or its process not up),
+    as the GCS says; False when it cannot tell."""
+    try:
+        from ray._private import state  # the GCS's actor table: no dashboard needed
+
+        info = state.actors(actor_id=handle._actor_id.hex())
+    except Exception:  # noqa: BLE001 - an API Ray may change: then do nothing rash
+        return False
+    return info.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY")
+
+
 def _shortfall(needs: dict[str, float], free: dict[str, float]) -> dict[str, float]:
     """How much of each resource is missing (needs minus free, where positive)."""
     return {r: n - free.get(r, 0.0) for r, n in needs.items() if n - free.get(r, 0.0) > 1e-9}
@@ -129,6 +141,7 @@ class ReplicaSet:
     starting: set[str] = field(default_factory=set)
     started_at: dict[str, float] = field(default_factory=dict)  # starting replica -> when (epoch)
     give_up: dict[str, asyncio.Event] = field(default_factory=dict)  # set: stop waiting for it
+    handles: dict[str, Any] = field(default_factory=dict)  # starting replica -> its handle
     draining: dict[str, Any] = field(default_factory=dict)
     next_index: int = 0
     generation: int = 0
@@ -337,9 +350,10 @@ class Controller:
         has not written its first worker record (so it is not loading), has idle
         replicas of other sets drained for it, least recently needed first,
         never below their ``min`` nor from a pinned set, until what they free
-        covers the shortfall. If nothing holding that resource could ever give
-        way, the replica is given up at once, naming the resource, instead of
-        after ``load_timeout_s``.
+        covers the shortfall. Ray's actor table must say it is still pending
+        creation. If it is the one replica its set's steps wait on and nothing
+        holding that resource could ever give way, it is given up at once,
+        naming the resource, instead of after ``load_timeout_s``.
         """
         now = time.time()
         late = {
@@ -356,7 +370,11 @@ class Controller:
             for w in workers
             if w.worker_id in late and (w.started_at or 0) >= late[w.worker_id][1] - 1
         }
-        unplaced = [(rs, name) for name, (rs, _) in late.items() if name not in placed]
+        unplaced = [
+            (rs, name)
+            for name, (rs, _) in late.items()
+            if name not in placed and await asyncio.to_thread(_pending, rs.handles[name])
+        ]
         if not unplaced:
             return
         free = ray.available_resources()
@@ -377,7 +395,8 @@ class Controller:
                     other.bump()
                     log.info("draining idle %s to make room for %s", victim, name)
                     short = _shortfall(short, frees)
-            if short and not self._could_give_way(rs, short):
+            alone = not rs.ready and len(rs.starting) == 1  # its steps wait on this one
+            if short and alone and not self._could_give_way(rs, short):
                 needs = ", ".join(f"{r} {n:g}" for r, n in sorted(placement_needs(rs.spec).items()))
                 rs.last_error = (
                     f"task {rs.record.task_id} needs {needs} to start a replica; the cluster "
@@ -525,6 +544,7 @@ class Controller:
         rs.starting.add(name)
         rs.started_at[name] = time.time()
         rs.give_up[name] = asyncio.Event()
+        rs.handles[name] = handle
         self._background(self._await_ready(rs, name, handle))
 
     async def _await_ready(self, rs: ReplicaSet, name: str, handle: Any) -> None:
@@ -554,6 +574,7 @@ class Controller:
             gave_up.cancel()
             rs.started_at.pop(name, None)
             rs.give_up.pop(name, None)
+            rs.handles.pop(name, None)
         rs.starting.discard(name)
         if self.sets.get(rs.key) is rs:
             rs.ready[name] = handle

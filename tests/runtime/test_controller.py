@@ -96,8 +96,10 @@ def replica_set(task_id: str, num_cpus: float | None, ready: int = 0) -> Replica
 
 
 def make_room(tmp_path, monkeypatch, sets: list[ReplicaSet], free_cpus: float) -> None:
-    """Run one round of the controller's making room, Ray's free CPUs as given."""
+    """Run one round of the controller's making room, Ray's free CPUs as given and its
+    actor table saying the starting replicas are not placed."""
     monkeypatch.setattr(controller_module.ray, "available_resources", lambda: {"CPU": free_cpus})
+    monkeypatch.setattr(controller_module, "_pending", lambda handle: True)  # Ray: not placed
     controller = Controller(Settings(home=tmp_path))  # no Redis: only its records are read
     controller.sets = {rs.key: rs for rs in sets}
 
@@ -114,6 +116,7 @@ def waiting_to_be_placed(rs: ReplicaSet) -> str:
     rs.starting.add(name)
     rs.started_at[name] = time.time() - 10  # well past the grace, and no worker record
     rs.give_up[name] = asyncio.Event()
+    rs.handles[name] = object()
     return name
 
 
