@@ -279,7 +279,7 @@ def test_an_unreadable_entry_goes_to_dead_letters_and_the_next_job_still_runs(se
 class Unreachable(LocalExecutor):
     """Steps whose every attempt fails outside the task: the store it needs is gone."""
 
-    async def attempt(self, step, call, args, cancelled):
+    async def attempt(self, step, call, args, cancelled, on_start=None):
         raise ConnectionError("redis went away")
 
 

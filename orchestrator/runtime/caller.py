@@ -19,7 +19,7 @@ import ray
 from orchestrator import lifecycle
 from orchestrator.errors import Cancelled, OrchestratorError
 from orchestrator.plan import PlannedStep
-from orchestrator.runtime.calls import CancelCheck, Outcome, StepCall, failure
+from orchestrator.runtime.calls import CancelCheck, OnStart, Outcome, StepCall, failure
 from orchestrator.runtime.router import Router
 
 CANCEL_POLL_S = 1.0  # a running call checks this often whether it was cancelled
@@ -53,7 +53,12 @@ class Caller:
         return list(await asyncio.gather(*refs))
 
     async def attempt(
-        self, step: PlannedStep, call: StepCall, args: tuple[Any, ...], cancelled: CancelCheck
+        self,
+        step: PlannedStep,
+        call: StepCall,
+        args: tuple[Any, ...],
+        cancelled: CancelCheck,
+        on_start: OnStart | None = None,
     ) -> tuple[Outcome, Any]:
         """One attempt; a hung replica is killed, a dead one replaced.
 
@@ -65,7 +70,7 @@ class Caller:
         replaced, and raises :class:`~orchestrator.errors.Cancelled`.
         """
         try:
-            name, replica = await self._acquire(step, call.priority, cancelled)
+            name, replica = await self._acquire(step, call, cancelled)
         except Cancelled:
             raise
         except (OrchestratorError, ray.exceptions.RayError) as e:  # placement, loading
@@ -74,6 +79,8 @@ class Caller:
         try:
             if await cancelled():  # between the last check and the free slot: it never starts
                 raise Cancelled(lifecycle.CANCELLED_BY_USER)
+            if on_start is not None:
+                await on_start(name)
         except BaseException:  # cancelled, or this run stopped (its lease lost): slot back
             self.router.release(step, name)
             raise
@@ -105,11 +112,11 @@ class Caller:
         return outcome, result_ref
 
     async def _acquire(
-        self, step: PlannedStep, priority: int, cancelled: CancelCheck
+        self, step: PlannedStep, call: StepCall, cancelled: CancelCheck
     ) -> tuple[str, Any]:
         """A replica slot; Cancelled, right where it waits, if the execution is cancelled
         while its replica is placed, loads, or is busy."""
-        waiting = asyncio.ensure_future(self.router.acquire(step, priority))
+        waiting = asyncio.ensure_future(self.router.acquire(step, call.priority, call.prefer))
         try:
             return await _unless_cancelled(waiting, cancelled)
         except BaseException:  # cancelled, or this run stopped: a slot it just got goes back

@@ -13,6 +13,9 @@ from typing import Any
 #: Asked right before a step's call: True means its execution was cancelled.
 CancelCheck = Callable[[], Awaitable[bool]]
 
+#: Told which replica a step's call goes to, right before it is sent.
+OnStart = Callable[[str], Awaitable[None]]
+
 
 @dataclass(frozen=True)
 class StepCall:
@@ -26,6 +29,7 @@ class StepCall:
     timeout: float | None = None  # seconds from the call's start on its replica
     call_key: str | None = None  # one execution's step: a redelivered call joins a running one
     priority: int = 5  # the execution's: orders the wait for a replica slot
+    prefer: str | None = None  # the replica a lost delivery left running it: join it there
 
 
 @dataclass

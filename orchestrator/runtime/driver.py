@@ -41,7 +41,7 @@ from orchestrator.models import (
 from orchestrator.pipelines.mapping import step_input
 from orchestrator.plan import Plan, PlannedStep
 from orchestrator.policy import classify, compute_backoff, should_retry
-from orchestrator.runtime.calls import CancelCheck, Outcome, StepCall, failure
+from orchestrator.runtime.calls import CancelCheck, OnStart, Outcome, StepCall, failure
 from orchestrator.runtime.store import RunStore
 
 
@@ -55,13 +55,19 @@ class Executor(Protocol):
         """The values behind references."""
 
     async def attempt(
-        self, step: PlannedStep, call: StepCall, args: tuple[Any, ...], cancelled: CancelCheck
+        self,
+        step: PlannedStep,
+        call: StepCall,
+        args: tuple[Any, ...],
+        cancelled: CancelCheck,
+        on_start: OnStart | None = None,
     ) -> tuple[Outcome, Any]:
         """One try: its outcome, and a reference to the output if it succeeded.
 
         ``args`` are the pipeline input's reference, then those of the steps in
         ``call.reads``. Raises :class:`~orchestrator.errors.Cancelled` if
-        ``cancelled()`` holds once the step could start.
+        ``cancelled()`` holds once the step could start. ``on_start`` is told
+        the replica (worker) right before the call goes to it.
         """
 
 
@@ -108,6 +114,8 @@ class Driver:
             interrupted = sr.status == StepStatus.RUNNING
             if interrupted:
                 sr.attempts += 1
+                if sr.worker_id:  # still running there, maybe: a new call joins it
+                    run.prefer[sr.step_id] = sr.worker_id
             if sr.status in (StepStatus.SUCCEEDED, StepStatus.RUNNING) and run.plan.keep_outputs:
                 output = await self.store.kept_output(run.record.execution_id, sr.step_id)
                 if output is not None:
@@ -136,7 +144,6 @@ class Driver:
     async def _attempts(self, run: _Run, step: PlannedStep, sr: StepRecord) -> None:
         """Try a step until it succeeds, its policy says stop, or it is cancelled."""
         lifecycle.step_started(sr)
-        await self._record(run, sr)
         keep_as = keys.step_output_key(run.record.execution_id, step.step_id)
         call = StepCall(
             step.step_id,
@@ -147,14 +154,21 @@ class Driver:
             step.policy.timeout,
             keep_as,
             run.record.priority,
+            run.prefer.get(step.step_id),
         )
         args = (run.input_ref, *(run.outputs[r] for r in step.reads))
         cancelled = functools.partial(self.store.cancelled, run.record.execution_id)
+
+        async def on_start(worker: str) -> None:
+            # Recorded before the call: a delivery that takes over knows where it runs.
+            sr.worker_id = worker
+            await self._record(run, sr)
+
         policy = step.policy
         crashes = 0
         while True:
             try:
-                outcome, ref = await self.executor.attempt(step, call, args, cancelled)
+                outcome, ref = await self.executor.attempt(step, call, args, cancelled, on_start)
             except Cancelled:
                 lifecycle.step_ended(sr, StepStatus.CANCELLED, time.time())
                 break
@@ -262,6 +276,7 @@ class _Run:
         self.slots = asyncio.Semaphore(plan.max_parallel)
         self.saving = asyncio.Lock()
         self.poison: tuple[str, str] | None = None  # (step, why) when it kept killing replicas
+        self.prefer: dict[str, str] = {}  # step -> the replica a lost delivery left it on
 
 
 class LocalExecutor:
@@ -284,10 +299,17 @@ class LocalExecutor:
         return list(refs)
 
     async def attempt(
-        self, step: PlannedStep, call: StepCall, args: tuple[Any, ...], cancelled: CancelCheck
+        self,
+        step: PlannedStep,
+        call: StepCall,
+        args: tuple[Any, ...],
+        cancelled: CancelCheck,
+        on_start: OnStart | None = None,
     ) -> tuple[Outcome, Any]:
         if await cancelled():
             raise Cancelled(lifecycle.CANCELLED_BY_USER)
+        if on_start is not None:
+            await on_start("local")
         started = time.time()
         try:
             document = step_input(

@@ -128,11 +128,16 @@ class Router:
         self._reporter: asyncio.Task | None = None
         self._tickets = itertools.count()
 
-    async def acquire(self, step: PlannedStep, priority: int = 5) -> tuple[str, Any]:
+    async def acquire(
+        self, step: PlannedStep, priority: int = 5, prefer: str | None = None
+    ) -> tuple[str, Any]:
         """A replica of the step's task with a free slot (waits for one); pair with release.
 
         Among calls waiting for this set, the one with the highest priority
         (aged by its wait) takes the next free slot; equal ones, the earliest.
+        With ``prefer`` (the replica a lost delivery left this call running
+        on) that replica, while it is in the set, so the call joins the run
+        there instead of starting another.
         """
         self._ensure_reporting()
         key = keys.set_key(step.task_id, step.version)
@@ -149,7 +154,7 @@ class Router:
                 if route.stale or not route.handles:
                     await self._refresh(step, route)
                 signal = route.freed
-                name = _least_loaded(route) if route.waiting[0] == ticket else None
+                name = _least_loaded(route, prefer) if route.waiting[0] == ticket else None
                 if name is not None:
                     heapq.heappop(route.waiting)
                     route.outstanding[name] += 1
@@ -226,6 +231,8 @@ def _signal(route: Route) -> None:
     route.freed = asyncio.Event()
 
 
-def _least_loaded(route: Route) -> str | None:
+def _least_loaded(route: Route, prefer: str | None = None) -> str | None:
+    if prefer in route.outstanding:  # that one or none
+        return prefer if route.outstanding[prefer] < route.limit else None
     free = [(n, name) for name, n in route.outstanding.items() if n < route.limit]
     return min(free)[1] if free else None

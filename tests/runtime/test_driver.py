@@ -254,10 +254,10 @@ def test_an_error_outside_the_steps_stops_every_step_of_the_run_and_is_raised():
             raise
 
     class LostStore(MemoryRunStore):
-        async def cancelled(self, execution_id):
+        async def save(self, record, event):
             if len(self.events) >= 2:  # both steps started; then the store goes away
                 raise ConnectionError("redis went away")
-            return False
+            await super().save(record, event)
 
     plan = pipeline(step("slow"), step("other"))  # independent: in flight together
     with pytest.raises(ConnectionError, match="redis went away"):
@@ -273,7 +273,7 @@ class DyingReplicas(LocalExecutor):
         super().__init__({})
         self.crashed = crashed
 
-    async def attempt(self, step, call, args, cancelled):
+    async def attempt(self, step, call, args, cancelled, on_start=None):
         self.calls.append((step.step_id, None))
         outcome = failure("r#0", 0.0, RuntimeError("died"), retryable=True)
         outcome.crashed = self.crashed

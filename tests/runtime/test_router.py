@@ -155,3 +155,21 @@ def test_a_long_wait_outranks_a_higher_priority_that_just_arrived(monkeypatch):
         assert order == ["priority 1, waiting 90 s", "priority 9, just in"]
 
     asyncio.run(scenario())
+
+
+def test_a_call_a_lost_delivery_left_on_a_replica_goes_back_to_that_replica():
+    async def scenario():
+        source = Replicas(["r0", "r1"], limit=1)
+        r = router(source)
+        busy, _ = await r.acquire(step(), prefer="r1")  # least loaded would do as well...
+        assert busy == "r1"
+        again = asyncio.create_task(r.acquire(step(), prefer="r1"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not again.done()  # ...but now r0 is free and it still waits for r1
+        r.release(step(), "r1")
+        assert (await asyncio.wait_for(again, 5))[0] == "r1"
+        gone, _ = await r.acquire(step(), prefer="r9")  # not in the set: any replica
+        assert gone == "r0"
+
+    asyncio.run(scenario())
