@@ -31,6 +31,13 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every benchmark side by side in one run (Celery and matplotlib from the bench extra);
+# writes benchmarks/results.md, throughput.md and throughput.png.
+bench: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python benchmarks/pipelines.py
+	$(BIN)/python benchmarks/throughput.py
+
 down: install
 	$(BIN)/wtm down
 
