@@ -297,7 +297,9 @@ class Client:
 
         Interrupted (Ctrl-C), it raises :class:`~orchestrator.errors.Detached`.
         """
-        with self._subscribe(execution_id) as events:
+        # Subscribed only if the first read finds it still going: waiting on many
+        # finished executions costs a read each, not a connection each.
+        with _Events(self._queue(), keys.events(execution_id), lazy=True) as events:
             try:
                 return self._wait(execution_id, events, timeout)
             except KeyboardInterrupt as e:
@@ -637,6 +639,9 @@ class Client:
             record = self._read_through_outage(execution_id)
             if record.status.terminal:
                 return record
+            if events.lazy:  # subscribe, then read again: no event slips in between
+                events.start()
+                continue
             wait = self.settings.client.poll_s
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
@@ -658,10 +663,16 @@ class Client:
 class _Events:
     """An execution's event channel, subscribed again after Redis comes back."""
 
-    def __init__(self, r: redis.Redis, channel: str):
+    def __init__(self, r: redis.Redis, channel: str, lazy: bool = False):
         self.redis = r
         self.channel = channel
         self.pubsub = None
+        self.lazy = lazy  # not subscribed until start()
+        if not lazy:
+            self._connect()
+
+    def start(self) -> None:
+        self.lazy = False
         self._connect()
 
     def _connect(self) -> None:
