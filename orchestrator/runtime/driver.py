@@ -83,7 +83,9 @@ class Driver:
         """Run every step it can, filling ``record.steps``; the verdict carries the result."""
         if [s.step_id for s in record.steps] != [s.step_id for s in plan.steps]:
             record.steps = plan.pending_steps()
-        run = _Run(plan, record, self.executor.put(pipeline_input))
+        # Several steps read the input: stored once. One step: it travels with its call.
+        shared = len(plan.steps) > 1
+        run = _Run(plan, record, self.executor.put(pipeline_input) if shared else pipeline_input)
         await self._resume(run)
         await _all_or_none([self._step(run, s) for s in plan.steps])
         verdict = lifecycle.judge(record.steps, plan.name_failed_step)
