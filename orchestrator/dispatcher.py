@@ -283,12 +283,12 @@ class Dispatcher:
             if record is not None and record.status == ExecutionStatus.DEAD_LETTERED:
                 reason = record.error.message if record.error else "dead-lettered"
                 await self._park(entry, reason, record.deliveries)
+                if event is not None:
+                    await self.store.publish(event)
             else:
-                await self._ack(entry)
+                await self._ack(entry, event)  # and announced, in the same round trip
             self._release(entry)  # acknowledged: no longer ours to renew
             self._failures.pop(entry.key, None)
-            if event is not None:
-                await self.store.publish(event)
         except asyncio.CancelledError:
             raise
         except Exception:  # stays pending: taken up again after a backoff, one more delivery
@@ -321,14 +321,17 @@ class Dispatcher:
         await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
         return event, record
 
-    async def _ack(self, entry: Entry) -> None:
+    async def _ack(self, entry: Entry, event: Event | None = None) -> None:
         """Acknowledge an entry and delete it: its record holds all it carried, so
-        the stream keeps only the jobs not yet done (Redis does not grow with history)."""
+        the stream keeps only the jobs not yet done (Redis does not grow with history).
+        The event saying how the job ended goes out in the same round trip."""
 
         async def ack_and_delete() -> None:
             pipe = self.redis.pipeline(transaction=True)
             pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
             pipe.xdel(entry.stream, entry.entry_id)
+            if event is not None:
+                pipe.publish(keys.events(event.execution_id), event.encode())
             await pipe.execute()
 
         await persist(ack_and_delete, f"acknowledging {entry.entry_id}", log)
