@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 
 from orchestrator.errors import ValidationError
 from orchestrator.models import TaskRecord
@@ -78,7 +80,26 @@ def _validator(schema: dict | None) -> jsonschema.protocols.Validator | None:
         return None
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)
+    return _with_numpy_types(cls)(schema)
+
+
+@functools.cache
+def _with_numpy_types(cls):
+    """The validator class, with numpy arrays counted as arrays and numpy numbers as
+    numbers (outputs may hold them; see orchestrator.outputs)."""
+    base = cls.TYPE_CHECKER
+
+    def array(checker, value) -> bool:
+        return isinstance(value, np.ndarray) or base.is_type(value, "array")
+
+    def number(checker, value) -> bool:
+        return isinstance(value, np.number) or base.is_type(value, "number")
+
+    def integer(checker, value) -> bool:
+        return isinstance(value, np.integer) or base.is_type(value, "integer")
+
+    types = base.redefine_many({"array": array, "number": number, "integer": integer})
+    return jsonschema.validators.extend(cls, type_checker=types)
 
 
 def check(validator, document: Any, what: str) -> None:

@@ -56,3 +56,21 @@ def test_what_cannot_be_recorded_is_named_in_one_line(output, field, kind):
         f"t output field {field!r}: a {kind} cannot be recorded; "
         "use JSON types, numpy arrays or bytes"
     )
+
+
+def test_schemas_count_numpy_arrays_as_arrays_and_numpy_numbers_as_numbers():
+    from orchestrator.runner import _validator, check
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "mask": {"type": "array"},
+            "count": {"type": "integer"},
+            "score": {"type": "number"},
+        },
+    }
+    check(
+        _validator(schema), {"mask": np.zeros(3), "count": np.int64(2), "score": np.float32(1)}, "t"
+    )
+    with pytest.raises(ValidationError, match="'mask'"):
+        check(_validator(schema), {"mask": "not an array"}, "t")

@@ -373,11 +373,13 @@ class Controller:
         unplaced = [
             (rs, name)
             for name, (rs, _) in late.items()
-            if name not in placed and await asyncio.to_thread(_pending, rs.handles[name])
+            if name not in placed
+            and name in rs.handles
+            and await asyncio.to_thread(_pending, rs.handles[name])
         ]
         if not unplaced:
             return
-        free = ray.available_resources()
+        free = await asyncio.to_thread(self._free_but_for_starting)
         for rs, name in unplaced:
             short = _shortfall(placement_needs(rs.spec), free)
             if not short:  # it can be placed: it is loading
@@ -402,7 +404,19 @@ class Controller:
                     f"task {rs.record.task_id} needs {needs} to start a replica; the cluster "
                     f"has too little {', '.join(sorted(short))} free and no replica can give way"
                 )
-                rs.give_up[name].set()
+                if name in rs.give_up:  # still starting (its wait may have ended meanwhile)
+                    rs.give_up[name].set()
+
+    def _free_but_for_starting(self) -> dict[str, float]:
+        """The cluster's resources less what running replicas hold: what starting ones
+        can have. (Ray's available resources would count a replica that was placed
+        and is still starting as holding its share, and so as short of it.)"""
+        free = dict(ray.cluster_resources())
+        for rs in self.sets.values():
+            for _ in [*rs.ready, *rs.draining]:
+                for r, n in held_by(rs.spec).items():
+                    free[r] = free.get(r, 0.0) - n
+        return free
 
     def _idle_above_min(self, rs: ReplicaSet, exclude: ReplicaSet) -> bool:
         """Whether a set has a ready replica it could spare now."""
@@ -563,8 +577,8 @@ class Controller:
             ping.result()
         except Exception as e:  # noqa: BLE001 - could not be placed, or died loading
             log.error("replica %s did not start: %s", name, e)
-            if not isinstance(e, ReplicaUnavailable):
-                rs.last_error = f"{type(e).__name__}: {e}"[:300]
+            why = str(e) if isinstance(e, ReplicaUnavailable) else f"{type(e).__name__}: {e}"
+            rs.last_error = why[:300]
             await self._kill(handle)
             await self._mark_worker(name, WorkerState.DEAD)
             rs.starting.discard(name)

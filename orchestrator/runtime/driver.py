@@ -175,6 +175,7 @@ class Driver:
                 lifecycle.step_ended(sr, StepStatus.CANCELLED, time.time())
                 break
             _note_attempt(sr, outcome)
+            call = replace(call, prefer=None)  # only the first attempt joins a lost one's run
             if outcome.ok:
                 run.outputs[step.step_id] = ref
                 lifecycle.step_ended(sr, StepStatus.SUCCEEDED, time.time())

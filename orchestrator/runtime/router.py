@@ -147,6 +147,8 @@ class Router:
             route.stale = True
         # Aging without re-sorting: every waiter's rank grows at the same rate, so
         # ranking by priority minus arrival (in levels) keeps one order for good.
+        if prefer is not None:
+            return await self._acquire_preferred(step, route, prefer)
         ticket = (-(priority - time.monotonic() / AGING_S), next(self._tickets))
         heapq.heappush(route.waiting, ticket)
         try:
@@ -154,7 +156,7 @@ class Router:
                 if route.stale or not route.handles:
                     await self._refresh(step, route)
                 signal = route.freed
-                name = _least_loaded(route, prefer) if route.waiting[0] == ticket else None
+                name = _least_loaded(route) if route.waiting[0] == ticket else None
                 if name is not None:
                     heapq.heappop(route.waiting)
                     route.outstanding[name] += 1
@@ -176,6 +178,32 @@ class Router:
         """How many calls one replica of the step's set takes at once (as last fetched)."""
         route = self.routes.get(keys.set_key(step.task_id, step.version))
         return route.limit if route is not None else 1
+
+    async def _acquire_preferred(
+        self, step: PlannedStep, route: Route, prefer: str
+    ) -> tuple[str, Any]:
+        """A slot on one replica, outside the line (the calls in line keep theirs); any
+        replica once that one is gone from the set."""
+        try:
+            while True:
+                if route.stale or not route.handles:
+                    await self._refresh(step, route)
+                if prefer not in route.handles:
+                    name = _least_loaded(route)
+                elif route.outstanding[prefer] < route.limit:
+                    name = prefer
+                else:
+                    name = None
+                if name is not None:
+                    route.outstanding[name] += 1
+                    return name, route.handles[name]
+                signal = route.freed
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.wait_s):
+                        await signal.wait()
+        except BaseException:
+            route.demand -= 1
+            raise
 
     def release(self, step: PlannedStep, name: str) -> None:
         route = self.routes[keys.set_key(step.task_id, step.version)]
@@ -231,8 +259,6 @@ def _signal(route: Route) -> None:
     route.freed = asyncio.Event()
 
 
-def _least_loaded(route: Route, prefer: str | None = None) -> str | None:
-    if prefer in route.outstanding:  # that one or none
-        return prefer if route.outstanding[prefer] < route.limit else None
+def _least_loaded(route: Route) -> str | None:
     free = [(n, name) for name, n in route.outstanding.items() if n < route.limit]
     return min(free)[1] if free else None

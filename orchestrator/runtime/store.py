@@ -22,7 +22,7 @@ from orchestrator.intake import Job
 from orchestrator.lifecycle import Event
 from orchestrator.models import ExecutionRecord
 from orchestrator.objects import ObjectStore
-from orchestrator.outputs import to_record
+from orchestrator.outputs import restore, to_record
 from orchestrator.records import RecordStore
 from orchestrator.resilience import TRANSIENT, persist
 
@@ -94,11 +94,14 @@ class RecordsRunStore:
 
     async def kept_output(self, execution_id: str, step_id: str) -> Any | None:
         key = keys.step_output_key(execution_id, step_id)
+
+        def read() -> Any:
+            return restore(json.loads(self.objects.get(keys.DATA_BUCKET, key)), self.objects)
+
         try:
-            data = await asyncio.to_thread(self.objects.get, keys.DATA_BUCKET, key)
-        except NotFoundError:
+            return await asyncio.to_thread(read)  # arrays and bytes back in place
+        except NotFoundError:  # none kept (or an array it names is gone): run it again
             return None
-        return json.loads(data)
 
     async def finish(self, record: ExecutionRecord, kept_outputs: bool) -> None:
         """Write the terminal record (a large result goes to the object store first).

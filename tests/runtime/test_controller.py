@@ -95,10 +95,10 @@ def replica_set(task_id: str, num_cpus: float | None, ready: int = 0) -> Replica
     return rs
 
 
-def make_room(tmp_path, monkeypatch, sets: list[ReplicaSet], free_cpus: float) -> None:
-    """Run one round of the controller's making room, Ray's free CPUs as given and its
-    actor table saying the starting replicas are not placed."""
-    monkeypatch.setattr(controller_module.ray, "available_resources", lambda: {"CPU": free_cpus})
+def make_room(tmp_path, monkeypatch, sets: list[ReplicaSet], cluster_cpus: float) -> None:
+    """Run one round of the controller's making room, the cluster's CPUs as given and
+    Ray's actor table saying the starting replicas are not placed."""
+    monkeypatch.setattr(controller_module.ray, "cluster_resources", lambda: {"CPU": cluster_cpus})
     monkeypatch.setattr(controller_module, "_pending", lambda handle: True)  # Ray: not placed
     controller = Controller(Settings(home=tmp_path))  # no Redis: only its records are read
     controller.sets = {rs.key: rs for rs in sets}
@@ -128,7 +128,7 @@ def test_idle_replicas_of_other_sets_are_drained_until_what_they_free_is_enough(
     detect = replica_set("detect", num_cpus=None)  # needs 1 CPU to be placed
     name = waiting_to_be_placed(detect)
 
-    make_room(tmp_path, monkeypatch, [hog, light, detect], free_cpus=0.0)
+    make_room(tmp_path, monkeypatch, [hog, light, detect], cluster_cpus=2.0)
 
     assert len(hog.draining) == 2 and len(hog.ready) == 2  # 2 x 0.5 frees the 1 CPU
     assert light.draining == {}  # draining it would free nothing
@@ -141,7 +141,7 @@ def test_a_replica_nothing_can_give_way_to_is_given_up_naming_the_resource(tmp_p
     detect = replica_set("detect", num_cpus=None)
     name = waiting_to_be_placed(detect)
 
-    make_room(tmp_path, monkeypatch, [pinned, detect], free_cpus=0.0)
+    make_room(tmp_path, monkeypatch, [pinned, detect], cluster_cpus=2.0)
 
     assert pinned.draining == {}
     assert detect.give_up[name].is_set()
@@ -149,3 +149,25 @@ def test_a_replica_nothing_can_give_way_to_is_given_up_naming_the_resource(tmp_p
         "task detect needs CPU 1 to start a replica; the cluster has too little CPU free "
         "and no replica can give way"
     )
+
+
+def test_a_replica_placed_and_still_starting_is_left_to_start(tmp_path, monkeypatch):
+    # One GPU, taken by this very replica while its process starts: nothing is short.
+    gpu = replica_set("gpu_task", num_cpus=None)
+    gpu.record.spec.resources.num_gpus = 1
+    other = replica_set("other", num_cpus=0.5, ready=2)
+    name = waiting_to_be_placed(gpu)
+    monkeypatch.setattr(controller_module.ray, "cluster_resources", lambda: {"CPU": 2, "GPU": 1})
+    monkeypatch.setattr(controller_module, "_pending", lambda handle: True)
+    controller = Controller(Settings(home=tmp_path))
+    controller.sets = {rs.key: rs for rs in (gpu, other)}
+
+    async def once() -> None:
+        for rs in (gpu, other):
+            rs.changed = asyncio.Event()
+        await controller._make_room()
+
+    asyncio.run(once())
+
+    assert not gpu.give_up[name].is_set() and gpu.last_error is None
+    assert other.draining == {}
