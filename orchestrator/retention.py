@@ -173,10 +173,8 @@ def _stored_parts(result: Any, ref: str | None, objects: ObjectStore) -> set[str
     return found
 
 
-def input_uris(document: Any, ref: str | None = None) -> Iterable[str]:
-    """The uploaded-input URIs an input document (and its offloaded copy) names."""
-    if ref:
-        yield ref
+def input_uris(document: Any) -> Iterable[str]:
+    """The uploaded-input URIs an input document names (see _named_by for offloaded ones)."""
     if isinstance(document, str):
         if document.startswith(_INPUT_URI):
             yield document
