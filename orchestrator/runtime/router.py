@@ -4,7 +4,8 @@ Handles come from a :class:`ReplicaSource` (the controller) and are cached, so
 a call costs no Ray lookup. The router counts its own calls per replica, sends
 each call to the replica with the fewest, and holds a call back while every
 replica is at the set's ``max_concurrency``. Calls held back take a free slot
-in order of priority, then arrival, with aging: a call gains one priority
+in order of priority, then arrival (a freed slot wakes only the call first in
+line, so a thousand waiting calls cost nothing per release), with aging: a call gains one priority
 level for every ``AGING_S`` it waits, so a stream of high-priority calls
 cannot starve a low one forever. Every ``report_s`` it reports its demand to
 the source, whose answer says which sets changed.
@@ -112,6 +113,7 @@ class Route:
     demand: int = 0  # calls waiting for or running on this set
     freed: asyncio.Event = field(default_factory=asyncio.Event)  # replaced on each signal
     waiting: list[tuple[float, int]] = field(default_factory=list)  # heap of (rank, ticket)
+    wakers: dict[tuple[float, int], asyncio.Event] = field(default_factory=dict)  # per waiter
     stale: bool = True
     sha256: str | None = None  # the package the handles run
 
@@ -151,24 +153,26 @@ class Router:
             return await self._acquire_preferred(step, route, prefer)
         ticket = (-(priority - time.monotonic() / AGING_S), next(self._tickets))
         heapq.heappush(route.waiting, ticket)
+        woken = route.wakers[ticket] = asyncio.Event()
         try:
             while True:
                 if route.stale or not route.handles:
                     await self._refresh(step, route)
-                signal = route.freed
                 name = _least_loaded(route) if route.waiting[0] == ticket else None
                 if name is not None:
                     heapq.heappop(route.waiting)
                     route.outstanding[name] += 1
                     _signal(route)  # the next in line may find a slot too
                     return name, route.handles[name]
+                woken.clear()
                 with contextlib.suppress(TimeoutError):  # (wait_for can swallow a cancel)
                     async with asyncio.timeout(self.wait_s):
-                        await signal.wait()
+                        await woken.wait()
         except BaseException:
             route.demand -= 1
             raise
         finally:
+            del route.wakers[ticket]
             if ticket in route.waiting:  # cancelled or failed while waiting: out of line
                 route.waiting.remove(ticket)
                 heapq.heapify(route.waiting)
@@ -254,7 +258,10 @@ class Router:
 
 
 def _signal(route: Route) -> None:
-    """Wake every call waiting on the route (each checks whether it is next)."""
+    """Something changed on the route: wake the call first in line (it wakes the next
+    if it takes a slot) and every call waiting for a replica of its own."""
+    if route.waiting:
+        route.wakers[route.waiting[0]].set()
     route.freed.set()
     route.freed = asyncio.Event()
 
