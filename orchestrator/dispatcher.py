@@ -75,6 +75,7 @@ class Entry:
     stream: str
     entry_id: str
     fields: dict
+    claimed: bool = False  # taken over from a pending list: delivered before
 
     @property
     def key(self) -> tuple[str, str]:
@@ -279,7 +280,7 @@ class Dispatcher:
             if job is None:  # it will never read better: out of the way at once
                 await self._dead_letter(entry, "the job message cannot be read")
                 return
-            event, record = await self._run(job)
+            event, record = await self._run(job, entry.claimed)
             if record is not None and record.status == ExecutionStatus.DEAD_LETTERED:
                 reason = record.error.message if record.error else "dead-lettered"
                 await self._park(entry, reason, record.deliveries)
@@ -303,13 +304,19 @@ class Dispatcher:
         if self._held.pop(entry.key, None) is not None:
             self._freed.set()
 
-    async def _run(self, job: Job) -> tuple[Event | None, ExecutionRecord | None]:
+    async def _run(self, job: Job, claimed: bool) -> tuple[Event | None, ExecutionRecord | None]:
         """start → drive → finish: how it ended, and the record as finished;
-        no event when there is nothing to run (already terminal)."""
-        record = await self.store.load(job.execution_id)
+        no event when there is nothing to run (it has ended: cancelled while queued).
+
+        A first delivery starts from the record its job describes, with no read:
+        the "running" write is refused if a cancel ended it first. A delivery
+        taken over reads the record back, for the steps it finished.
+        """
+        record = await self.store.load(job.execution_id) if claimed else job.queued()
         if record is None or record.status.terminal:
             return None, None
-        await self.store.save(record, lifecycle.start(record, time.time()))
+        if not await self.store.save(record, lifecycle.start(record, time.time())):
+            return None, None
         try:
             document = await self.store.input_of(job)
         except NotFoundError:  # pruned, or deleted by hand: it will not come back
@@ -421,7 +428,7 @@ class Dispatcher:
         for entry_id, fields in claimed:
             if fields is None:  # deleted from the stream meanwhile
                 continue
-            entry = Entry(stream, _text(entry_id), fields)
+            entry = Entry(stream, _text(entry_id), fields, claimed=True)
             if delivered.get(entry.entry_id, 0) > self.cfg.max_deliveries:
                 reason = f"delivered over {self.cfg.max_deliveries} times without finishing"
                 try:

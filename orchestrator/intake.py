@@ -49,6 +49,23 @@ class Job(BaseModel):
             plan=plan,
         )
 
+    def queued(self) -> ExecutionRecord:
+        """The record as its client wrote it, before enqueueing: a dispatcher taking
+        the job up for the first time starts from this rather than reading it back."""
+        return ExecutionRecord(
+            execution_id=self.execution_id,
+            kind=self.kind,
+            task_id=self.target if self.kind == "task" else None,
+            pipeline_id=self.target if self.kind == "pipeline" else None,
+            version=self.version,
+            priority=self.priority,
+            queue=self.queue,
+            input=self.input,
+            input_ref=self.input_ref,
+            submitted_at=self.submitted_at,
+            steps=self.plan.pending_steps(),
+        )
+
     @property
     def stream(self) -> str:
         return keys.stream(self.queue, keys.lane_for(self.priority))

@@ -39,6 +39,9 @@ def redis_url(tmp_path_factory):
 
 @pytest.fixture
 def settings(tmp_path, redis_url) -> Settings:
+    # Each test starts on an empty Redis, as on a home of its own: a job an earlier
+    # test left on its stream would otherwise run here (a first delivery needs no record).
+    redis.Redis.from_url(redis_url).flushall()
     return Settings(
         home=tmp_path,
         redis={"url": redis_url},

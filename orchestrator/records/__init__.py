@@ -50,8 +50,14 @@ class RecordStore(Protocol):
     def insert_execution(self, record: ExecutionRecord) -> None:
         """Insert a new execution; ConflictError if its id exists."""
 
-    def save_execution(self, record: ExecutionRecord) -> None:
-        """Replace an execution record as a whole."""
+    def save_execution(self, record: ExecutionRecord) -> bool:
+        """Insert or replace an execution record as a whole, unless the stored one has
+        ended and this one has not (a cancel got there first: an ended execution
+        stays ended). Returns whether it was written."""
+
+    def save_executions(self, records: list[ExecutionRecord]) -> list[bool]:
+        """:meth:`save_execution` for several records at once, in one transaction
+        where the store has them (a dispatcher's group commit); whether each was written."""
 
     def delete_execution(self, execution_id: str) -> None:
         """Forget an execution (one that never reached its queue)."""

@@ -158,9 +158,22 @@ class MongoRecordStore:
             raise ConflictError(f"execution {record.execution_id} exists") from e
 
     @_reachable
-    def save_execution(self, record: ExecutionRecord) -> None:
+    def save_execution(self, record: ExecutionRecord) -> bool:
         doc = _execution_doc(record)
-        self._coll(keys.EXECUTIONS).replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        match: dict[str, Any] = {"_id": doc["_id"]}
+        if not record.status.terminal:  # an ended record stays ended
+            match["status"] = {"$nin": [s.value for s in ExecutionStatus if s.terminal]}
+        try:
+            self._coll(keys.EXECUTIONS).replace_one(match, doc, upsert=True)
+        except DuplicateKeyError:  # it exists, and has ended: the upsert found no match
+            return False
+        return True
+
+    @_reachable
+    def save_executions(self, records: list[ExecutionRecord]) -> list[bool]:
+        # One replace each: what a bulk write would save in round trips, the
+        # dispatcher's batching already saves in thread hand-offs.
+        return [self.save_execution(r) for r in records]
 
     @_reachable
     def delete_execution(self, execution_id: str) -> None:

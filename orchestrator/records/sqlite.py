@@ -173,10 +173,19 @@ class SqliteRecordStore:
         except sqlite3.IntegrityError as e:
             raise ConflictError(f"execution {record.execution_id} exists") from e
 
-    def save_execution(self, record: ExecutionRecord) -> None:
-        self._conn().execute(
-            "INSERT OR REPLACE INTO executions VALUES (?, ?, ?, ?, ?)", _row(record)
-        )
+    def save_execution(self, record: ExecutionRecord) -> bool:
+        return self.save_executions([record])[0]
+
+    def save_executions(self, records: list[ExecutionRecord]) -> list[bool]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")  # the write lock now (or StoreUnavailable after timeout_s)
+        try:
+            written = [conn.execute(_SAVE, _row(r)).rowcount == 1 for r in records]
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")  # one commit for the batch
+        return written
 
     def delete_execution(self, execution_id: str) -> None:
         self._conn().execute("DELETE FROM executions WHERE execution_id = ?", (execution_id,))
@@ -265,6 +274,17 @@ class SqliteRecordStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+_ENDED = ", ".join(f"'{s.value}'" for s in ExecutionStatus if s.terminal)
+# Insert or replace, except an ended record by one that has not ended.
+_SAVE = f"""
+INSERT INTO executions VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (execution_id) DO UPDATE SET
+    status = excluded.status, target = excluded.target,
+    submitted_at = excluded.submitted_at, doc = excluded.doc
+WHERE executions.status NOT IN ({_ENDED}) OR excluded.status IN ({_ENDED})
+"""
 
 
 def _row(record: ExecutionRecord) -> tuple:

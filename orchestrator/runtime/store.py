@@ -9,6 +9,7 @@ and Redis; :class:`MemoryRunStore` is its in-memory twin, for tests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from typing import Any, Protocol
@@ -32,8 +33,9 @@ log = logging.getLogger("wtm.store")
 class RunStore(Protocol):
     """What the driver records and asks while it runs one execution."""
 
-    async def save(self, record: ExecutionRecord, event: Event) -> None:
-        """Write the record whole, then publish the event; the record is not kept."""
+    async def save(self, record: ExecutionRecord, event: Event) -> bool:
+        """Write the record whole, then publish the event; the record is not kept.
+        False, and nothing published, if the execution had already ended (cancelled)."""
 
     async def cancelled(self, execution_id: str) -> bool:
         """Whether a user asked to stop the execution."""
@@ -60,6 +62,7 @@ class RecordsRunStore:
         self.objects = objects
         self.redis = r
         self.inline_bytes = inline_bytes
+        self.writes = GroupCommit(records)
 
     async def load(self, execution_id: str) -> ExecutionRecord | None:
         return await persist(
@@ -68,9 +71,11 @@ class RecordsRunStore:
             log,
         )
 
-    async def save(self, record: ExecutionRecord, event: Event) -> None:
-        await self._write(record)
+    async def save(self, record: ExecutionRecord, event: Event) -> bool:
+        if not await self.writes.save(record):
+            return False
         await self.publish(event)
+        return True
 
     async def publish(self, event: Event) -> None:
         try:
@@ -111,21 +116,13 @@ class RecordsRunStore:
         want of its record. Once it is written nothing can resume the
         execution, so the outputs its steps kept for that are removed.
         """
-        await asyncio.to_thread(self._offload_result, record)
-        await self._write(record)
+        if record.result is not None:
+            await asyncio.to_thread(self._offload_result, record)
+        await self.writes.save(record)
         if kept_outputs:
             await asyncio.to_thread(self._forget_kept, record)
 
-    async def _write(self, record: ExecutionRecord) -> None:
-        await persist(
-            lambda: asyncio.to_thread(self.records.save_execution, record),
-            f"writing execution {record.execution_id}",
-            log,
-        )
-
     def _offload_result(self, record: ExecutionRecord) -> None:
-        if record.result is None:
-            return
         record.result = to_record(record.result, self.objects)  # arrays, bytes: stored
         data = json.dumps(record.result).encode()
         if len(data) > self.inline_bytes:
@@ -140,6 +137,76 @@ class RecordsRunStore:
             )
 
 
+class GroupCommit:
+    """Record writes of concurrent jobs, written together (group commit).
+
+    A write waits while the batch before it is being written, then goes with
+    every write that arrived meanwhile: one transaction and one thread hand-off
+    for all of them, so under load many jobs' writes cost about one. Each
+    caller still waits for its own record to be written; a transient fault
+    holds the batch (:func:`~orchestrator.resilience.persist`) until it passes,
+    and a record that cannot be written fails only its own job.
+    """
+
+    def __init__(self, records: RecordStore, most: int = 256):
+        self.records = records
+        self.most = most  # records in one transaction at most
+        self._waiting: list[tuple[ExecutionRecord, asyncio.Future]] = []
+        self._writer: asyncio.Task | None = None
+
+    async def save(self, record: ExecutionRecord) -> bool:
+        """Write the record whole with the next batch; whether it was written (see
+        :meth:`~orchestrator.records.RecordStore.save_execution`)."""
+        written = asyncio.get_running_loop().create_future()
+        self._waiting.append((record, written))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all())
+        return await written
+
+    async def _write_all(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[: self.most], self._waiting[self.most :]
+            write = functools.partial(asyncio.to_thread, self._save, [r for r, _ in batch])
+            try:
+                outcomes = await persist(write, f"writing {len(batch)} execution records", log)
+            except Exception as e:  # noqa: BLE001 - not transient: each caller learns it
+                outcomes = [e] * len(batch)
+            except BaseException:  # the loop is going: no one is left to write for them
+                for _, future in batch + self._waiting:
+                    future.cancel()
+                self._waiting = []
+                raise
+            _settle(batch, outcomes)
+
+    def _save(self, records: list[ExecutionRecord]) -> list[bool | Exception]:
+        try:
+            return list(self.records.save_executions(records))
+        except TRANSIENT:
+            raise
+        except Exception:  # a record that cannot be written: find it, write the rest
+            if len(records) == 1:
+                raise
+            return [self._save_one(record) for record in records]
+
+    def _save_one(self, record: ExecutionRecord) -> bool | Exception:
+        try:
+            return self.records.save_execution(record)
+        except TRANSIENT:
+            raise
+        except Exception as e:  # noqa: BLE001 - handed to the job whose record it is
+            return e
+
+
+def _settle(batch: list[tuple[ExecutionRecord, asyncio.Future]], outcomes: list) -> None:
+    for (_, future), outcome in zip(batch, outcomes, strict=True):
+        if future.done():  # its job was cancelled meanwhile: the write stands anyway
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
 class MemoryRunStore:
     """The in-memory twin: every saved record and published event, in order."""
 
@@ -149,9 +216,10 @@ class MemoryRunStore:
         self.cancel_requests: set[str] = set()
         self.kept: dict[tuple[str, str], Any] = {}
 
-    async def save(self, record: ExecutionRecord, event: Event) -> None:
+    async def save(self, record: ExecutionRecord, event: Event) -> bool:
         self.saved.append(record)
         self.events.append(event)
+        return True
 
     async def cancelled(self, execution_id: str) -> bool:
         return execution_id in self.cancel_requests

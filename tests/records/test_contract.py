@@ -232,6 +232,36 @@ def test_save_execution_replaces_the_record_as_a_whole(store):
     assert store.list_executions(status=ExecutionStatus.SUCCEEDED) == [finished]
 
 
+def test_an_ended_execution_is_not_replaced_by_one_that_has_not_ended(store):
+    # A dispatcher starting a job writes "running" without reading first: if a
+    # cancel got there first, the cancel stands and the dispatcher is told.
+    record = execution(1000.0)
+    store.insert_execution(record)
+    cancelled = record.model_copy(update={"status": ExecutionStatus.CANCELLED})
+    assert store.save_execution(cancelled) is True
+    running = record.model_copy(update={"status": ExecutionStatus.RUNNING, "deliveries": 1})
+
+    assert store.save_execution(running) is False
+    assert store.get_execution(record.execution_id) == cancelled
+    # An ended record may replace an ended one (the dispatcher's own terminal write).
+    failed = cancelled.model_copy(update={"status": ExecutionStatus.FAILED})
+    assert store.save_execution(failed) is True
+    assert store.get_execution(record.execution_id) == failed
+
+
+def test_save_executions_writes_a_batch_and_says_which_were_written(store):
+    queued, ended, new = execution(1000.0), execution(1001.0), execution(1002.0)
+    store.insert_execution(queued)
+    store.insert_execution(ended.model_copy(update={"status": ExecutionStatus.SUCCEEDED}))
+    batch = [r.model_copy(update={"status": ExecutionStatus.RUNNING}) for r in (queued, ended, new)]
+
+    assert store.save_executions(batch) == [True, False, True]
+    assert store.get_execution(queued.execution_id) == batch[0]
+    assert store.get_execution(ended.execution_id).status == ExecutionStatus.SUCCEEDED
+    assert store.get_execution(new.execution_id) == batch[2]  # saved: inserted
+    assert store.save_executions([]) == []
+
+
 def test_delete_execution_forgets_only_that_one(store):
     kept, gone = execution(1000.0), execution(1001.0)
     store.insert_execution(kept)
@@ -393,6 +423,8 @@ def test_sqlite_locked_past_its_timeout_is_unavailable_and_nothing_is_written(tm
     try:
         with pytest.raises(StoreUnavailable, match="database is locked"):
             store.insert_execution(record)
+        with pytest.raises(StoreUnavailable, match="database is locked"):
+            store.save_executions([record, execution(1001.0)])
     finally:
         locker.execute("ROLLBACK")
         locker.close()
