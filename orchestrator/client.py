@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +105,7 @@ class Client:
         self._start = start
         self._notify = notify
         self._redis: redis.Redis | None = None
+        self._pubsubs = _PubSubs()
 
     # connection --------------------------------------------------------------
     def connect(self) -> Client:
@@ -117,6 +119,7 @@ class Client:
         return self
 
     def close(self) -> None:
+        self._pubsubs.close()
         if self._redis is not None:
             self._redis.close()
         self.records.close()
@@ -283,7 +286,7 @@ class Client:
             execution_id = self._enqueue(execution, plan, idempotency_key)
             try:
                 if execution_id == new:
-                    result = self._wait(new, events, timeout)
+                    result = self._wait(new, events, timeout, read_first=False)
             except KeyboardInterrupt as e:
                 raise Detached(new) from e
         if execution_id != new:  # the key named an earlier submission: wait for that one
@@ -299,7 +302,7 @@ class Client:
         """
         # Subscribed only if the first read finds it still going: waiting on many
         # finished executions costs a read each, not a connection each.
-        with _Events(self._queue(), keys.events(execution_id), lazy=True) as events:
+        with self._subscribe(execution_id, lazy=True) as events:
             try:
                 return self._wait(execution_id, events, timeout)
             except KeyboardInterrupt as e:
@@ -338,7 +341,7 @@ class Client:
         if record.status == ExecutionStatus.QUEUED:  # no dispatcher has it: end it here
             event = lifecycle.cancel(record, time.time())
             self.records.save_execution(record)
-            r.publish(keys.events(execution_id), event.encode())
+            r.publish(keys.events(execution_id), event.carrying(record).encode())
         return record
 
     def retry(self, execution_id: str, wait: bool = False) -> str | ExecutionRecord:
@@ -625,29 +628,37 @@ class Client:
         with contextlib.suppress(redis.RedisError):
             r.eval(_DELETE_IF_MINE, 1, keys.idempotency(key), execution_id)
 
-    def _subscribe(self, execution_id: str) -> _Events:
-        return _Events(self._queue(), keys.events(execution_id))
+    def _subscribe(self, execution_id: str, lazy: bool = False) -> _Events:
+        self._pubsubs.redis = self._queue()
+        return _Events(self._pubsubs, keys.events(execution_id), lazy=lazy)
 
-    def _wait(self, execution_id: str, events: _Events, timeout: float | None) -> ExecutionRecord:
-        """Wait on the events, reading the record after each (and every ``poll_s`` anyway).
+    def _wait(
+        self, execution_id: str, events: _Events, timeout: float | None, read_first: bool = True
+    ) -> ExecutionRecord:
+        """Wait for the terminal event (it carries the record, unless that is large:
+        then the record is read), reading the record every ``poll_s`` anyway.
 
+        ``read_first=False`` when subscribed before the job was enqueued: no event
+        can have been missed, so there is nothing to read until one comes.
         Redis going away only slows the wait down to polling the records; the
         records going away is waited out for ``client.outage_s``, then reported.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self._read_through_outage(execution_id)
-            if record.status.terminal:
-                return record
+        record = self._read_through_outage(execution_id) if read_first else None
+        while record is None or not record.status.terminal:
             if events.lazy:  # subscribe, then read again: no event slips in between
                 events.start()
-                continue
-            wait = self.settings.client.poll_s
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    return record
-            events.wait_for_terminal(wait)
+            else:
+                wait = self.settings.client.poll_s
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        break
+                event = events.wait_for_terminal(wait)
+                if event is not None and event.record is not None:
+                    return event.record
+            record = self._read_through_outage(execution_id)
+        return record if record is not None else self._read_through_outage(execution_id)
 
     def _read_through_outage(self, execution_id: str) -> ExecutionRecord:
         give_up = time.monotonic() + self.settings.client.outage_s
@@ -660,11 +671,49 @@ class Client:
                 time.sleep(self.settings.client.poll_s)
 
 
+class _PubSubs:
+    """The client's pub/sub connections: one per thread (a connection is not
+    thread-safe), kept between waits, so a wait costs a SUBSCRIBE, not a connect."""
+
+    def __init__(self) -> None:
+        self.redis: redis.Redis | None = None
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        pubsub = getattr(self._local, "pubsub", None)
+        if pubsub is None:
+            assert self.redis is not None
+            pubsub = self._local.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            with self._lock:
+                self._all.append(pubsub)
+        return pubsub
+
+    def drop(self) -> None:
+        """Forget this thread's connection (Redis went away): the next wait makes a new one."""
+        pubsub = getattr(self._local, "pubsub", None)
+        self._local.pubsub = None
+        if pubsub is not None:
+            with self._lock:
+                self._all.remove(pubsub)
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def close(self) -> None:
+        with self._lock:
+            pubsubs, self._all = self._all, []
+        for pubsub in pubsubs:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+        self._local = threading.local()
+
+
 class _Events:
     """An execution's event channel, subscribed again after Redis comes back."""
 
-    def __init__(self, r: redis.Redis, channel: str, lazy: bool = False):
-        self.redis = r
+    def __init__(self, pubsubs: _PubSubs, channel: str, lazy: bool = False):
+        self.pubsubs = pubsubs
         self.channel = channel
         self.pubsub = None
         self.lazy = lazy  # not subscribed until start()
@@ -677,31 +726,44 @@ class _Events:
 
     def _connect(self) -> None:
         try:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.pubsubs.get()
             pubsub.subscribe(self.channel)
             self.pubsub = pubsub
         except redis.RedisError:
+            self.pubsubs.drop()
             self.pubsub = None  # polling the records until Redis answers again
 
-    def wait_for_terminal(self, seconds: float) -> None:
-        """Return on a terminal event, or after ``seconds``."""
+    def wait_for_terminal(self, seconds: float) -> Event | None:
+        """The execution's terminal event, if it comes within ``seconds``."""
         if self.pubsub is None:
             time.sleep(seconds)
             self._connect()
-            return
+            return None
+        deadline = time.monotonic() + seconds
         try:
-            message = self.pubsub.get_message(timeout=seconds)
-            while message is not None and not _terminal(message):
-                message = self.pubsub.get_message(timeout=0)
+            while (left := deadline - time.monotonic()) > 0:
+                message = self.pubsub.get_message(timeout=left)
+                if message is None or _text(message["channel"]) != self.channel:
+                    continue  # a confirmation, or a late event of an earlier wait
+                event = Event.decode(message["data"])
+                if event is not None and event.status.terminal:
+                    return event
         except redis.RedisError:
-            self.close()
+            self._lost()
             time.sleep(min(seconds, 1.0))
             self._connect()
+        return None
+
+    def _lost(self) -> None:
+        self.pubsubs.drop()
+        self.pubsub = None
 
     def close(self) -> None:
         if self.pubsub is not None:
-            with contextlib.suppress(Exception):
-                self.pubsub.close()
+            try:
+                self.pubsub.unsubscribe(self.channel)
+            except redis.RedisError:
+                self._lost()
             self.pubsub = None
 
     def __enter__(self) -> _Events:
@@ -711,13 +773,12 @@ class _Events:
         self.close()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _job_or_none(fields: dict) -> Job | None:
     try:
         return Job.decode(fields)
     except (ValueError, TypeError):  # written by another version, or corrupt
         return None
-
-
-def _terminal(message: dict) -> bool:
-    event = Event.decode(message["data"])
-    return event is not None and event.status.terminal

@@ -326,7 +326,7 @@ class Dispatcher:
             verdict = await self.driver.run(job.plan, document, record)
         event = lifecycle.finish(record, verdict, time.time())
         await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
-        return event, record
+        return event.carrying(record), record  # the waiting client need not read it back
 
     async def _ack(self, entry: Entry, event: Event | None = None) -> None:
         """Acknowledge an entry and delete it: its record holds all it carried, so

@@ -43,7 +43,12 @@ CANCELLED_BY_USER = "cancelled by a user"
 
 
 class Event(BaseModel):
-    """A change of an execution (or of one of its steps), as published to waiters."""
+    """A change of an execution (or of one of its steps), as published to waiters.
+
+    A terminal event may carry the record as written (:meth:`carrying`), so a
+    client waiting for it need not read the record back; one too large to
+    publish (over ``EVENT_RECORD_BYTES``) goes without, and the client reads.
+    """
 
     model_config = ConfigDict(frozen=True)
     execution_id: str
@@ -51,10 +56,19 @@ class Event(BaseModel):
     step_id: str | None = None
     step_status: StepStatus | None = None
     at: float
+    record: ExecutionRecord | None = None
+
+    def carrying(self, record: ExecutionRecord) -> Event:
+        """This event with the record it announces, as saved."""
+        return self.model_copy(update={"record": record})
 
     def encode(self) -> str:
-        """The message published on the execution's channel."""
-        return self.model_dump_json(exclude_none=True)
+        """The message published on the execution's channel (defaults left out:
+        they decode back as they were)."""
+        data = self.model_dump_json(exclude_defaults=True)
+        if self.record is not None and len(data) > EVENT_RECORD_BYTES:
+            data = self.model_copy(update={"record": None}).model_dump_json(exclude_defaults=True)
+        return data
 
     @classmethod
     def decode(cls, data: bytes | str) -> Event | None:
@@ -63,6 +77,9 @@ class Event(BaseModel):
             return cls.model_validate_json(data)
         except ValidationError:
             return None
+
+
+EVENT_RECORD_BYTES = 64 * 1024  # a terminal record larger than this is read, not published
 
 
 @dataclass(frozen=True)
