@@ -26,6 +26,7 @@ from orchestrator.objects import ObjectStore
 from orchestrator.outputs import restore, to_record
 from orchestrator.records import RecordStore
 from orchestrator.resilience import TRANSIENT, persist
+from orchestrator.runtime.grouped import Grouped
 
 log = logging.getLogger("wtm.store")
 
@@ -47,6 +48,10 @@ class RunStore(Protocol):
 class RecordsRunStore:
     """The dispatcher's store: records, the object store for outputs, Redis for events.
 
+    Record writes of concurrent jobs are grouped
+    (:class:`~orchestrator.runtime.grouped.Grouped`): one transaction for all
+    that arrive while the last batch was being written.
+
     The records and the object store are blocking clients: every call runs in a
     thread, so the dispatcher's event loop never waits on them. A transient
     fault (Redis restarting, the records locked) is retried in place until it
@@ -62,7 +67,7 @@ class RecordsRunStore:
         self.objects = objects
         self.redis = r
         self.inline_bytes = inline_bytes
-        self.writes = GroupCommit(records)
+        self.writes: Grouped[ExecutionRecord, bool] = Grouped(self._write_records)
 
     async def load(self, execution_id: str) -> ExecutionRecord | None:
         return await persist(
@@ -72,7 +77,7 @@ class RecordsRunStore:
         )
 
     async def save(self, record: ExecutionRecord, event: Event) -> bool:
-        if not await self.writes.save(record):
+        if not await self.writes(record):
             return False
         await self.publish(event)
         return True
@@ -118,65 +123,17 @@ class RecordsRunStore:
         """
         if record.result is not None:
             await asyncio.to_thread(self._offload_result, record)
-        await self.writes.save(record)
+        await self.writes(record)
         if kept_outputs:
             await asyncio.to_thread(self._forget_kept, record)
 
-    def _offload_result(self, record: ExecutionRecord) -> None:
-        record.result = to_record(record.result, self.objects)  # arrays, bytes: stored
-        data = json.dumps(record.result).encode()
-        if len(data) > self.inline_bytes:
-            key = keys.result_key(record.execution_id)
-            self.objects.put(keys.DATA_BUCKET, key, data)
-            record.result, record.result_ref = None, self.objects.uri(keys.DATA_BUCKET, key)
-
-    def _forget_kept(self, record: ExecutionRecord) -> None:
-        for step in record.steps:
-            self.objects.delete(
-                keys.DATA_BUCKET, keys.step_output_key(record.execution_id, step.step_id)
-            )
-
-
-class GroupCommit:
-    """Record writes of concurrent jobs, written together (group commit).
-
-    A write waits while the batch before it is being written, then goes with
-    every write that arrived meanwhile: one transaction and one thread hand-off
-    for all of them, so under load many jobs' writes cost about one. Each
-    caller still waits for its own record to be written; a transient fault
-    holds the batch (:func:`~orchestrator.resilience.persist`) until it passes,
-    and a record that cannot be written fails only its own job.
-    """
-
-    def __init__(self, records: RecordStore, most: int = 256):
-        self.records = records
-        self.most = most  # records in one transaction at most
-        self._waiting: list[tuple[ExecutionRecord, asyncio.Future]] = []
-        self._writer: asyncio.Task | None = None
-
-    async def save(self, record: ExecutionRecord) -> bool:
-        """Write the record whole with the next batch; whether it was written (see
-        :meth:`~orchestrator.records.RecordStore.save_execution`)."""
-        written = asyncio.get_running_loop().create_future()
-        self._waiting.append((record, written))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_all())
-        return await written
-
-    async def _write_all(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self.most], self._waiting[self.most :]
-            write = functools.partial(asyncio.to_thread, self._save, [r for r, _ in batch])
-            try:
-                outcomes = await persist(write, f"writing {len(batch)} execution records", log)
-            except Exception as e:  # noqa: BLE001 - not transient: each caller learns it
-                outcomes = [e] * len(batch)
-            except BaseException:  # the loop is going: no one is left to write for them
-                for _, future in batch + self._waiting:
-                    future.cancel()
-                self._waiting = []
-                raise
-            _settle(batch, outcomes)
+    # grouped work ------------------------------------------------------------------
+    async def _write_records(self, records: list[ExecutionRecord]) -> list[bool | Exception]:
+        """Write a batch of records in one transaction (see :class:`Grouped`); a transient
+        fault holds the batch until it passes; a record that cannot be written fails
+        only its own job."""
+        write = functools.partial(asyncio.to_thread, self._save, records)
+        return await persist(write, f"writing {len(records)} execution records", log)
 
     def _save(self, records: list[ExecutionRecord]) -> list[bool | Exception]:
         try:
@@ -196,15 +153,19 @@ class GroupCommit:
         except Exception as e:  # noqa: BLE001 - handed to the job whose record it is
             return e
 
+    def _offload_result(self, record: ExecutionRecord) -> None:
+        record.result = to_record(record.result, self.objects)  # arrays, bytes: stored
+        data = json.dumps(record.result).encode()
+        if len(data) > self.inline_bytes:
+            key = keys.result_key(record.execution_id)
+            self.objects.put(keys.DATA_BUCKET, key, data)
+            record.result, record.result_ref = None, self.objects.uri(keys.DATA_BUCKET, key)
 
-def _settle(batch: list[tuple[ExecutionRecord, asyncio.Future]], outcomes: list) -> None:
-    for (_, future), outcome in zip(batch, outcomes, strict=True):
-        if future.done():  # its job was cancelled meanwhile: the write stands anyway
-            continue
-        if isinstance(outcome, Exception):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+    def _forget_kept(self, record: ExecutionRecord) -> None:
+        for step in record.steps:
+            self.objects.delete(
+                keys.DATA_BUCKET, keys.step_output_key(record.execution_id, step.step_id)
+            )
 
 
 class MemoryRunStore:
