@@ -32,11 +32,12 @@ format: install
 	$(BIN)/ruff format .
 
 # Every benchmark side by side in one run (Celery and matplotlib from the bench extra);
-# writes benchmarks/results.md, throughput.md and throughput.png.
+# writes benchmarks/results.md, throughput.md/png and workloads.md/png.
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/pipelines.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/workloads.py
 
 down: install
 	$(BIN)/wtm down
