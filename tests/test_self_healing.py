@@ -339,11 +339,17 @@ def embedded(settings: Settings) -> Settings:
 
 
 def gcs_pid(settings: Settings) -> int:
-    (pid,) = [
-        p
-        for p in stack.stack_pids(settings)
-        if Path(f"/proc/{p}/comm").read_text().strip() == "gcs_server"
-    ]
+    """The stack's Ray head process (waited for: an earlier test may have just had
+    the head restarted, and its new process may not be up yet)."""
+
+    def found() -> list[int]:
+        return [
+            p
+            for p in stack.stack_pids(settings)
+            if Path(f"/proc/{p}/comm").read_text().strip() == "gcs_server"
+        ]
+
+    (pid,) = wait_until(found, timeout=60, what="the Ray head's gcs_server")
     return pid
 
 
