@@ -438,19 +438,9 @@ class Client:
                 continue
             if not r.xdel(keys.DEAD_LETTERS, dlq_id):  # another replay took it first
                 continue
-            execution = ExecutionRecord(
-                execution_id=new_execution_id(),
-                kind=job.kind,
-                task_id=job.target if job.kind == "task" else None,
-                pipeline_id=job.target if job.kind == "pipeline" else None,
-                version=job.version,
-                priority=job.priority,
-                queue=job.queue,
-                input=job.input,
-                input_ref=job.input_ref,
-                submitted_at=time.time(),
-                steps=job.plan.pending_steps(),
-            )
+            # The same plan and input as a new execution (a new id, submitted now).
+            fresh = {"execution_id": new_execution_id(), "submitted_at": time.time()}
+            execution = job.queued().model_copy(update=fresh)
             try:
                 new_ids.append(self._enqueue(execution, job.plan))
             except BaseException:
