@@ -50,6 +50,10 @@ class RecordStore(Protocol):
     def insert_execution(self, record: ExecutionRecord) -> None:
         """Insert a new execution; ConflictError if its id exists."""
 
+    def insert_executions(self, records: list[ExecutionRecord]) -> None:
+        """Insert new executions at once (``Client.map``); ConflictError if an id
+        exists, and then none of them is left inserted."""
+
     def save_execution(self, record: ExecutionRecord) -> bool:
         """Insert or replace an execution record as a whole, unless the stored one has
         ended and this one has not (a cancel got there first: an ended execution

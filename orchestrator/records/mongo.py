@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pymongo
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
 from orchestrator import keys
 from orchestrator.errors import ConflictError, StoreUnavailable
@@ -156,6 +156,22 @@ class MongoRecordStore:
             self._coll(keys.EXECUTIONS).insert_one(_execution_doc(record))
         except DuplicateKeyError as e:
             raise ConflictError(f"execution {record.execution_id} exists") from e
+
+    @_reachable
+    def insert_executions(self, records: list[ExecutionRecord]) -> None:
+        if not records:
+            return
+        docs = [_execution_doc(r) for r in records]
+        try:
+            self._coll(keys.EXECUTIONS).insert_many(docs, ordered=True)
+        except (DuplicateKeyError, BulkWriteError) as e:
+            # Ordered: those before the duplicate went in; take them back.
+            ids = [d["_id"] for d in docs]
+            mine = (
+                ids[: e.details.get("nInserted", len(ids))] if isinstance(e, BulkWriteError) else []
+            )
+            self._coll(keys.EXECUTIONS).delete_many({"_id": {"$in": mine}})
+            raise ConflictError("an execution of this batch exists") from e
 
     @_reachable
     def save_execution(self, record: ExecutionRecord) -> bool:

@@ -173,6 +173,19 @@ class SqliteRecordStore:
         except sqlite3.IntegrityError as e:
             raise ConflictError(f"execution {record.execution_id} exists") from e
 
+    def insert_executions(self, records: list[ExecutionRecord]) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT INTO executions VALUES (?, ?, ?, ?, ?)", map(_row, records))
+        except sqlite3.IntegrityError as e:
+            conn.execute("ROLLBACK")
+            raise ConflictError(f"an execution of this batch exists ({e})") from e
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     def save_execution(self, record: ExecutionRecord) -> bool:
         return self.save_executions([record])[0]
 

@@ -262,6 +262,18 @@ def test_save_executions_writes_a_batch_and_says_which_were_written(store):
     assert store.save_executions([]) == []
 
 
+def test_insert_executions_inserts_a_batch_or_none_of_it(store):
+    batch = [execution(2000.0 + i) for i in range(5)]
+    store.insert_executions(batch)
+    assert [store.get_execution(r.execution_id) for r in batch] == batch
+
+    fresh = [execution(3000.0 + i) for i in range(3)]
+    with pytest.raises(ConflictError):
+        store.insert_executions([*fresh, batch[0]])  # the last one exists
+    assert [store.get_execution(r.execution_id) for r in fresh] == [None] * 3
+    store.insert_executions([])
+
+
 def test_delete_execution_forgets_only_that_one(store):
     kept, gone = execution(1000.0), execution(1001.0)
     store.insert_execution(kept)
