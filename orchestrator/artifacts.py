@@ -19,6 +19,7 @@ from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.models import PipelineRecord, TaskRecord
 from orchestrator.objects import ObjectStore
 from orchestrator.records import RecordStore
+from orchestrator.suggest import did_you_mean
 
 R = TypeVar("R", TaskRecord, PipelineRecord)
 
@@ -104,8 +105,10 @@ class Registry(Generic[R]):
         record = self._get(artifact_id, version)
         if record is None:
             pinned = f" version {version}" if version else ""
+            hint = "" if version else did_you_mean(artifact_id, map(self._ident, self._every()))
             raise NotFoundError(
-                f"unknown {self.kind.noun} {artifact_id!r}{pinned}; see `wtm {self.kind.noun} list`"
+                f"unknown {self.kind.noun} {artifact_id!r}{pinned}{hint}; "
+                f"see `wtm {self.kind.noun} list`"
             )
         return record
 

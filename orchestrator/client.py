@@ -2,8 +2,10 @@
 
 from orchestrator import Client
 client = Client()                       # nothing is started yet
-record = client.run("face_detection", {"image_path": "astronaut.jpg"})  # starts the stack if needed
-record.result["face_count"]
+job = client.submit("face_detection", {"image_path": "astronaut.jpg"})  # starts the stack if needed
+job.result()["face_count"]
+jobs = client.map("face_processing_pipeline", [{"image_path": p} for p in photos])
+results = client.gather(jobs)           # in input order, with a progress bar in a notebook
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +31,7 @@ from orchestrator.errors import (
     NotFoundError,
     StackError,
     StoreUnavailable,
+    WaitTimeout,
 )
 from orchestrator.inputs import (
     load_document,
@@ -37,7 +40,9 @@ from orchestrator.inputs import (
     shape_input,
     upload_files,
 )
-from orchestrator.intake import Job, enqueue
+from orchestrator.intake import Job as QueuedJob
+from orchestrator.intake import enqueue, enqueue_many
+from orchestrator.jobs import Executions, Job, finished
 from orchestrator.lifecycle import Event
 from orchestrator.models import (
     DeadLetter,
@@ -54,11 +59,13 @@ from orchestrator.pipelines import registry as pipeline_registry
 from orchestrator.pipelines.graph import check_input, check_step_inputs, compile_plan
 from orchestrator.pipelinespec import load_file
 from orchestrator.plan import Plan, task_plan, task_queue
+from orchestrator.progress import bar as progress_bar
 from orchestrator.records import RecordStore, open_records
 from orchestrator.resilience import redis_client
 from orchestrator.retention import Pruned, parse_duration, prune
 from orchestrator.runner import TaskRunner, validate_input
 from orchestrator.settings import Settings, load_settings
+from orchestrator.suggest import did_you_mean
 from orchestrator.workers import worker_status
 
 Kind = Literal["task", "pipeline"]
@@ -251,16 +258,98 @@ class Client:
         cwd: Path | None = None,
         kind: Kind | None = None,
         idempotency_key: str | None = None,
-    ) -> str:
-        """Validate, record as queued, enqueue; returns the execution id.
+        cache: bool = True,
+    ) -> Job:
+        """Validate, record as queued, enqueue; returns the execution's :class:`Job`.
 
         ``target`` is a task id or, failing that, a pipeline id (``kind`` says which
         to look for when a task and a pipeline share a name). With an
         ``idempotency_key`` seen within ``client.idempotency_s``, nothing new is
-        submitted: the id of the execution submitted under it is returned.
+        submitted: the job submitted under it is returned. ``cache=False`` runs
+        every step even where a pipeline caches its outputs.
         """
-        execution, plan = self._new(target, input_data, priority, version, cwd, kind)
-        return self._enqueue(execution, plan, idempotency_key)
+        found = self._target(target, version, kind)
+        execution, plan = self._new(found, input_data, priority, cwd, cache)
+        return self.job(self._enqueue(execution, plan, idempotency_key), target)
+
+    def map(
+        self,
+        target: str,
+        inputs: Iterable[Any],
+        *,
+        priority: int | None = None,
+        version: str | None = None,
+        cwd: Path | None = None,
+        kind: Kind | None = None,
+        cache: bool = True,
+    ) -> list[Job]:
+        """Submit one execution per input; returns their jobs in input order.
+
+        Every input is validated before anything is submitted (one bad input
+        submits none), and the jobs reach their stream in one Redis round trip.
+        """
+        found = self._target(target, version, kind)
+        built = [self._new(found, document, priority, cwd, cache) for document in inputs]
+        r = self._queue()
+        executions = [execution for execution, _ in built]
+        for execution in executions:
+            self._offload(execution)
+            execution.submitted_at = time.time()
+        self.records.insert_executions(executions)  # one transaction
+        try:
+            enqueue_many(r, [QueuedJob.of(execution, plan) for execution, plan in built])
+        except BaseException as e:
+            self._take_back([execution.execution_id for execution in executions], e)
+            raise
+        return [Job(self, execution.execution_id, target) for execution, _ in built]
+
+    def job(self, execution_id: str, target: str | None = None) -> Job:
+        """A handle on an execution by id (after a notebook restart, say)."""
+        if target is None:  # reattaching: the execution must exist
+            target = self.execution(execution_id).target
+        return Job(self, execution_id, target)
+
+    def as_completed(
+        self,
+        jobs: Iterable[Job],
+        timeout: float | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[Job]:
+        """Yield each job once, as it ends (whatever its status).
+
+        ``progress`` shows a bar (default: in a notebook only); ``timeout``
+        bounds the whole wait (then :class:`~orchestrator.errors.WaitTimeout`).
+        """
+        jobs = list(jobs)
+        with progress_bar(len(jobs), "executions", progress) as bar:
+            for job in finished(self, jobs, timeout):
+                bar.advance(job.status)
+                yield job
+
+    def gather(
+        self,
+        jobs: Iterable[Job],
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+        progress: bool | None = None,
+    ) -> list[Any]:
+        """The jobs' results, in the order given.
+
+        The first job found failed raises its
+        :class:`~orchestrator.errors.ExecutionFailed`, unless
+        ``return_exceptions``: then it stands in that job's place.
+        """
+        jobs = list(jobs)
+        for job in self.as_completed(jobs, timeout, progress):
+            if job.status != ExecutionStatus.SUCCEEDED and not return_exceptions:
+                raise ExecutionFailed(job.record)
+        out: list[Any] = []
+        for job in jobs:
+            try:
+                out.append(job.result())
+            except ExecutionFailed as e:
+                out.append(e)
+        return out
 
     def run(
         self,
@@ -274,13 +363,17 @@ class Client:
         raise_on_failure: bool = False,
         kind: Kind | None = None,
         idempotency_key: str | None = None,
+        cache: bool = True,
     ) -> ExecutionRecord:
-        """Submit and wait for the terminal record (or, after ``timeout``, the current one).
+        """Submit and wait for the terminal record.
 
-        Interrupted (Ctrl-C), it raises :class:`~orchestrator.errors.Detached`
-        with the execution id: the execution goes on.
+        After ``timeout`` seconds it raises :class:`~orchestrator.errors.WaitTimeout`
+        (a ``TimeoutError`` carrying the record as it was). Interrupted (Ctrl-C),
+        it raises :class:`~orchestrator.errors.Detached` with the execution id:
+        the execution goes on either way.
         """
-        execution, plan = self._new(target, input_data, priority, version, cwd, kind)
+        found = self._target(target, version, kind)
+        execution, plan = self._new(found, input_data, priority, cwd, cache)
         new = execution.execution_id
         with self._subscribe(new) as events:  # before the job can end: no event is missed
             execution_id = self._enqueue(execution, plan, idempotency_key)
@@ -295,11 +388,14 @@ class Client:
             raise ExecutionFailed(result)
         return result
 
-    def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionRecord:
-        """Block until the execution is terminal (or timeout: the current record).
+    def wait(self, execution: Job | str, timeout: float | None = None) -> ExecutionRecord:
+        """Block until the execution is terminal; returns its record.
 
-        Interrupted (Ctrl-C), it raises :class:`~orchestrator.errors.Detached`.
+        After ``timeout`` seconds it raises :class:`~orchestrator.errors.WaitTimeout`
+        (a ``TimeoutError`` carrying the record as it was). Interrupted (Ctrl-C),
+        it raises :class:`~orchestrator.errors.Detached`.
         """
+        execution_id = _id(execution)
         # Subscribed only if the first read finds it still going: waiting on many
         # finished executions costs a read each, not a connection each.
         with self._subscribe(execution_id, lazy=True) as events:
@@ -308,30 +404,35 @@ class Client:
             except KeyboardInterrupt as e:
                 raise Detached(execution_id) from e
 
-    def execution(self, execution_id: str) -> ExecutionRecord:
+    def execution(self, execution: Job | str) -> ExecutionRecord:
+        execution_id = _id(execution)
         record = self.records.get_execution(execution_id)
         if record is None:
             raise NotFoundError(f"unknown execution {execution_id!r}")
         return record
 
-    def result(self, execution_id: str) -> Any:
+    def result(self, execution: Job | str) -> Any:
         """An execution's result as its steps returned it: read back from the object
         store if it was stored there, with its numpy arrays and bytes in place."""
-        record = self.execution(execution_id)
+        return self.result_of(self.execution(execution))
+
+    def result_of(self, record: ExecutionRecord) -> Any:
+        """:meth:`result` from a record already read."""
         document = record.result
         if record.result_ref is not None:
             key = keys.result_key_of(record.result_ref)
             document = json.loads(self.objects.get(keys.DATA_BUCKET, key))
         return restore(document, self.objects)
 
-    def cancel(self, execution_id: str) -> ExecutionRecord:
+    def cancel(self, execution: Job | str) -> ExecutionRecord:
         """Cancel a queued or running execution.
 
         A running step is stopped within about a second by killing its replica
         (a fresh one replaces it; other calls it was serving are retried), and
         it and the steps after it are recorded ``cancelled``.
         """
-        record = self.execution(execution_id)
+        record = self.execution(execution)
+        execution_id = record.execution_id
         if record.status.terminal:
             raise ConflictError(
                 f"execution {execution_id} has already ended ({record.status.value})"
@@ -344,25 +445,36 @@ class Client:
             r.publish(keys.events(execution_id), event.carrying(record).encode())
         return record
 
-    def retry(self, execution_id: str, wait: bool = False) -> str | ExecutionRecord:
+    def retry(self, execution: Job | str) -> Job:
         """Submit a finished execution again with the same input, version and priority."""
-        old = self.execution(execution_id)
+        old = self.execution(execution)
         if not old.status.terminal:
-            raise ConflictError(f"execution {execution_id} is still {old.status.value}")
+            raise ConflictError(f"execution {old.execution_id} is still {old.status.value}")
         document = load_document(old.input, old.input_ref, self.objects)
-        if wait:
-            return self.run(old.target, document, priority=old.priority, version=old.version)
-        return self.submit(old.target, document, priority=old.priority, version=old.version)
+        options = {"priority": old.priority, "version": old.version, "kind": old.kind}
+        return self.submit(old.target, document, **options)
 
     def executions(
         self, status: str | None = None, limit: int = 50, target: str | None = None
-    ) -> list[ExecutionRecord]:
+    ) -> Executions:
+        """Newest first; a list that shows as a table in a notebook and has
+        ``to_dict()`` and ``to_pandas()`` for analysis."""
         try:
             wanted = ExecutionStatus(status) if status else None
         except ValueError as e:
             choices = ", ".join(s.value for s in ExecutionStatus)
             raise InputError(f"unknown status {status!r}; one of {choices}") from e
-        return self.records.list_executions(wanted, limit, target)
+        return Executions(self.records.list_executions(wanted, limit, target))
+
+    def step_dependencies(self, record: ExecutionRecord) -> dict[str, tuple[str, ...]]:
+        """Which steps each step of an execution waited for (empty if unknown now)."""
+        if record.kind != "pipeline" or record.pipeline_id is None:
+            return {}
+        try:
+            plan = self.plan(record.pipeline_id, record.version, kind="pipeline")
+        except (NotFoundError, InputError):  # the pipeline or a task was deleted since
+            return {}
+        return {step.step_id: step.deps for step in plan.steps}
 
     # retention -------------------------------------------------------------------
     def prune(
@@ -476,19 +588,22 @@ class Client:
 
     def _new(
         self,
-        target: str,
+        found: TaskRecord | PipelineRecord,
         input_data: Any,
         priority: int | None,
-        version: str | None,
         cwd: Path | None,
-        kind: Kind | None,
+        cache: bool = True,
     ) -> tuple[ExecutionRecord, Plan]:
+        """A queued record and its plan, the input validated (files uploaded)."""
         if priority is not None and not 1 <= priority <= 10:
             raise InputError(f"priority {priority}: must be from 1 (low) to 10 (high)")
-        found = self._target(target, version, kind)
         if isinstance(found, TaskRecord):
-            return self._new_task_execution(found, input_data, priority, cwd)
-        return self._new_pipeline_execution(found, input_data, priority, cwd)
+            execution, plan = self._new_task_execution(found, input_data, priority, cwd)
+        else:
+            execution, plan = self._new_pipeline_execution(found, input_data, priority, cwd)
+        if not cache and plan.caching:
+            plan = plan.model_copy(update={"caching": False})
+        return execution, plan
 
     def _target(
         self, target: str, version: str | None, kind: Kind | None
@@ -501,7 +616,13 @@ class Client:
         found = self.records.get_task(target, version) or self.records.get_pipeline(target, version)
         if found is None:
             pinned = f" version {version}" if version else ""
-            raise NotFoundError(f"unknown task or pipeline {target!r}{pinned}; see `wtm task list`")
+            names = [t.task_id for t in self.records.list_tasks()]
+            names += [p.pipeline_id for p in self.records.list_pipelines()]
+            hint = "" if version else did_you_mean(target, names)
+            raise NotFoundError(
+                f"unknown task or pipeline {target!r}{pinned}{hint}; "
+                "see `wtm task list` and `wtm pipeline list`"
+            )
         return found
 
     def _new_task_execution(
@@ -559,35 +680,40 @@ class Client:
         if key is not None:
             _check_key(key)
         r = self._queue()  # may start the embedded stack: that is not queue time
-        if execution.input_ref is None:
-            limits = self.settings.client
-            execution.input, execution.input_ref = offload_document(
-                execution.input, self.objects, limits.inline_input_bytes, limits.max_input_bytes
-            )
+        self._offload(execution)
         execution.submitted_at = time.time()
         self.records.insert_execution(execution)
         try:
             earlier = self._claim_key(r, key, execution.execution_id) if key else None
             if earlier is None:
-                enqueue(r, Job.of(execution, plan))
+                enqueue(r, QueuedJob.of(execution, plan))
         except BaseException as e:
             self._release_key(r, key, execution.execution_id)
-            self._take_back(execution.execution_id, e)
+            self._take_back([execution.execution_id], e)
             raise
         if earlier is not None:  # submitted before under this key: this one never was
             self.records.delete_execution(execution.execution_id)
             return earlier
         return execution.execution_id
 
-    def _take_back(self, execution_id: str, cause: BaseException) -> None:
-        """Delete the record of a job that never reached its stream; say what is left."""
-        try:
-            self.records.delete_execution(execution_id)
-        except StackError as gone:  # the records went away too
-            raise EnqueueError(
-                f"could not enqueue ({type(cause).__name__}: {cause}), nor take back "
-                f"execution {execution_id} ({gone}); cancel it"
-            ) from cause
+    def _offload(self, execution: ExecutionRecord) -> None:
+        """Move a large input to the object store, leaving a reference in the record."""
+        if execution.input_ref is None:
+            limits = self.settings.client
+            execution.input, execution.input_ref = offload_document(
+                execution.input, self.objects, limits.inline_input_bytes, limits.max_input_bytes
+            )
+
+    def _take_back(self, execution_ids: list[str], cause: BaseException) -> None:
+        """Delete the records of jobs that never reached their stream; say what is left."""
+        for execution_id in execution_ids:
+            try:
+                self.records.delete_execution(execution_id)
+            except StackError as gone:  # the records went away too
+                raise EnqueueError(
+                    f"could not enqueue ({type(cause).__name__}: {cause}), nor take back "
+                    f"execution {execution_id} ({gone}); cancel it"
+                ) from cause
         if isinstance(cause, redis.RedisError):
             raise EnqueueError(
                 f"could not enqueue on Redis ({type(cause).__name__}: {cause}); "
@@ -648,7 +774,13 @@ class Client:
                 if event is not None and event.record is not None:
                     return event.record
             record = self._read_through_outage(execution_id)
-        return record if record is not None else self._read_through_outage(execution_id)
+        if record is None:
+            record = self._read_through_outage(execution_id)
+        if not record.status.terminal:
+            raise WaitTimeout(
+                f"execution {execution_id} still {record.status.value} after {timeout:g}s", record
+            )
+        return record
 
     def _read_through_outage(self, execution_id: str) -> ExecutionRecord:
         give_up = time.monotonic() + self.settings.client.outage_s
@@ -763,12 +895,16 @@ class _Events:
         self.close()
 
 
+def _id(execution: Job | str) -> str:
+    return execution.id if isinstance(execution, Job) else execution
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _job_or_none(fields: dict) -> Job | None:
+def _job_or_none(fields: dict) -> QueuedJob | None:
     try:
-        return Job.decode(fields)
+        return QueuedJob.decode(fields)
     except (ValueError, TypeError):  # written by another version, or corrupt
         return None

@@ -127,6 +127,18 @@ class ExecutionFailed(OrchestratorError):
         self.record = record
 
 
+class WaitTimeout(OrchestratorError, TimeoutError):
+    """Raised when a wait's timeout runs out before the execution ended.
+
+    Carries ``record``: the execution as it was when the wait gave up (or None
+    when waiting on many).
+    """
+
+    def __init__(self, message: str, record=None):  # record: ExecutionRecord | None
+        super().__init__(message)
+        self.record = record
+
+
 class Detached(KeyboardInterrupt):
     """Raised when a wait is interrupted (Ctrl-C): the execution goes on without the waiter.
 

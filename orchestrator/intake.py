@@ -88,3 +88,13 @@ def enqueue(r: redis.Redis, job: Job) -> str:
     pipe.xadd(job.stream, job.encode())
     _, entry_id = pipe.execute()
     return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
+def enqueue_many(r: redis.Redis, jobs: list[Job]) -> None:
+    """Add many jobs to their streams in one round trip (one transaction)."""
+    pipe = r.pipeline(transaction=True)
+    for queue in {job.queue for job in jobs}:
+        pipe.sadd(keys.QUEUES_SET, queue)
+    for job in jobs:
+        pipe.xadd(job.stream, job.encode())
+    pipe.execute()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal
 
@@ -28,7 +29,22 @@ def new_execution_id(now: float | None = None) -> str:
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
-class ExecutionStatus(str, Enum):
+class _Printable(str, Enum):
+    """A string enum that prints as its value: ``f"{status}"`` is ``succeeded``."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+def _when(seconds: float | None) -> datetime | None:
+    """Unix seconds as an aware UTC datetime (None stays None)."""
+    return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
+
+
+class ExecutionStatus(_Printable):
     """Lifecycle of one execution."""
 
     QUEUED = "queued"
@@ -43,7 +59,7 @@ class ExecutionStatus(str, Enum):
         return self not in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
 
 
-class StepStatus(str, Enum):
+class StepStatus(_Printable):
     """Lifecycle of one step of an execution."""
 
     PENDING = "pending"
@@ -58,7 +74,7 @@ class StepStatus(str, Enum):
         return self not in (StepStatus.PENDING, StepStatus.RUNNING)
 
 
-class WorkerState(str, Enum):
+class WorkerState(_Printable):
     """What a replica is doing, as its heartbeat (or its silence) says."""
 
     LOADING = "loading"  # importing its task and loading the model
@@ -93,6 +109,23 @@ class StepRecord(BaseModel):
     cache_hit: bool = False
     memory_usage: int | None = None  # the step's peak memory on its replica, in bytes
 
+    @property
+    def started(self) -> datetime | None:
+        return _when(self.started_at)
+
+    @property
+    def finished(self) -> datetime | None:
+        return _when(self.finished_at)
+
+    def __repr__(self) -> str:
+        took = f" in {self.duration:.3f}s" if self.duration is not None else ""
+        return f"<Step {self.step_id} ({self.task_id}): {self.status}{took}>"
+
+    def _repr_html_(self) -> str:
+        from orchestrator import display
+
+        return display.steps_html([self])
+
 
 class ExecutionRecord(BaseModel):
     """The system of record for one execution."""
@@ -125,6 +158,27 @@ class ExecutionRecord(BaseModel):
     @property
     def target(self) -> str:
         return self.task_id if self.kind == "task" else self.pipeline_id  # type: ignore[return-value]
+
+    @property
+    def submitted(self) -> datetime:
+        return _when(self.submitted_at)  # type: ignore[return-value]
+
+    @property
+    def started(self) -> datetime | None:
+        return _when(self.started_at)
+
+    @property
+    def finished(self) -> datetime | None:
+        return _when(self.finished_at)
+
+    def __repr__(self) -> str:  # pydantic's would print the whole input and result
+        took = f" in {self.duration:.3f}s" if self.duration is not None else ""
+        return f"<Execution {self.execution_id} {self.kind} {self.target}: {self.status}{took}>"
+
+    def _repr_html_(self) -> str:
+        from orchestrator import display
+
+        return display.record_html(self)
 
 
 class TaskRecord(BaseModel):

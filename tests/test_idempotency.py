@@ -29,9 +29,9 @@ def stack_env(wtm_home) -> dict[str, str]:
 
 
 def test_a_key_seen_before_returns_that_execution_and_submits_nothing(client, keyed):
-    first = client.submit(keyed, {"n": 1}, idempotency_key="order-1001")
-    again = client.submit(keyed, {"n": 2}, idempotency_key="order-1001")
-    other = client.submit(keyed, {"n": 3}, idempotency_key="order-1002")
+    first = client.submit(keyed, {"n": 1}, idempotency_key="order-1001").id
+    again = client.submit(keyed, {"n": 2}, idempotency_key="order-1001").id
+    other = client.submit(keyed, {"n": 3}, idempotency_key="order-1002").id
 
     assert again == first and other != first
     ran = client.run(keyed, {"n": 4}, idempotency_key="order-1001", timeout=60)
@@ -101,7 +101,7 @@ def test_ctrl_c_while_waiting_says_which_execution_goes_on_and_how_to_follow_it(
 
     assert proc.returncode == 130
     assert f"execution {execution_id} is still running" in err
-    assert f"wtm executions show {execution_id}" in err and "cancel" in err
+    assert f"wtm executions watch {execution_id}" in err and "cancel" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     record = client.wait(execution_id, timeout=60)
     assert record.status == ExecutionStatus.SUCCEEDED  # it went on without the waiter

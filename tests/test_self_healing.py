@@ -117,7 +117,7 @@ def test_a_dispatcher_killed_with_30_pipelines_in_flight_loses_and_repeats_nothi
     client.register_pipelines(tmp_path / "heal_pipe.json")
     log = tmp_path / "runs.log"
     ids = [
-        client.submit("heal_pipe", {"log": str(log), "tag": f"p{i}", "sleep": 1.5})
+        client.submit("heal_pipe", {"log": str(log), "tag": f"p{i}", "sleep": 1.5}).id
         for i in range(30)
     ]
     wait_until(lambda: len(runs(log)) >= 12, what="the first steps to run")

@@ -98,7 +98,7 @@ def test_a_job_that_kills_its_process_every_time_is_dead_lettered_and_replayed(
     client.register_task(make_task(tmp_path, "kills_itself", body, **spec))
     limit = client.settings.dispatcher.max_deliveries
 
-    poison = client.submit("kills_itself", {"poison": True, "n": 0})
+    poison = client.submit("kills_itself", {"poison": True, "n": 0}).id
     others = [client.submit("kills_itself", {"poison": False, "n": n}) for n in range(1, 4)]
     record = client.wait(poison, timeout=120)
 

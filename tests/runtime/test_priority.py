@@ -11,8 +11,8 @@ def test_a_high_priority_job_overtakes_low_ones_waiting_for_one_busy_replica(cli
     body = "import time\ntime.sleep(0.2)\nreturn {}"
     client.register_task(make_task(tmp_path, "one_slot", body, replicas={"max": 1}))
     client.run("one_slot", {}, timeout=60)  # its replica is up: the queue is all that waits
-    low = [client.submit("one_slot", {"n": i}, priority=1) for i in range(40)]
-    high = client.submit("one_slot", {"n": "urgent"}, priority=9)
+    low = [client.submit("one_slot", {"n": i}, priority=1).id for i in range(40)]
+    high = client.submit("one_slot", {"n": "urgent"}, priority=9).id
 
     def all_done():
         records = [client.execution(i) for i in [*low, high]]
