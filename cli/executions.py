@@ -16,7 +16,7 @@ from cli.common import (
     steps_table,
     when,
 )
-from cli.run import exit_unless_succeeded
+from cli.live import show_outcome
 from orchestrator.models import ExecutionStatus
 
 app = typer.Typer(help="Execution history.", no_args_is_help=True)
@@ -98,14 +98,26 @@ def retry(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Submit a finished execution again with the same input; prints the new id."""
-    outcome = state(ctx).client.retry(execution_id, wait=wait)
+    job = state(ctx).client.retry(execution_id)
     if wait:
-        show_record(outcome, as_json)
-        exit_unless_succeeded(outcome, None)
+        show_outcome(job, None, as_json)
     elif as_json:
-        print_json({"execution_id": outcome})
+        print_json({"execution_id": job.id})
     else:
-        console.print(outcome)
+        console.print(job.id)
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    execution_id: str,
+    timeout: float | None = typer.Option(None, help="Stop watching after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print the ended record as JSON."),
+) -> None:
+    """Attach to an execution: its status and steps live until it ends, then its result.
+
+    Exits 0 if it succeeded, 1 if not (or if --timeout ran out first)."""
+    show_outcome(state(ctx).client.job(execution_id), timeout, as_json)
 
 
 @app.command()

@@ -153,8 +153,12 @@ def execute(
     key: str | None = typer.Option(
         None, "--key", help="Idempotency key: a key seen before returns that execution."
     ),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="--no-cache runs every step, cached or not."
+    ),
 ) -> None:
-    """Run a pipeline through the queue; prints its result and per-step timings."""
+    """Run a pipeline through the queue, its steps shown live; prints its result and
+    per-step timings."""
     run.execute(
         state(ctx).client,
         pipeline_id,
@@ -166,6 +170,7 @@ def execute(
         as_json=as_json,
         kind="pipeline",  # a pipeline, even where a task has the same name
         key=key,
+        cache=cache,
     )
 
 

@@ -6,12 +6,11 @@ from typing import Any
 
 import typer
 
-from cli.common import console, err_console, print_json, show_record, state, steps_table
+from cli.common import console, print_json, state
+from cli.live import show_outcome
 from orchestrator import Client
 from orchestrator.client import Kind
-from orchestrator.errors import Detached
 from orchestrator.inputs import parse_input
-from orchestrator.models import ExecutionRecord, ExecutionStatus
 
 
 def run(
@@ -28,8 +27,11 @@ def run(
     key: str | None = typer.Option(
         None, "--key", help="Idempotency key: a key seen before returns that execution."
     ),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="--no-cache runs every step, cached or not."
+    ),
 ) -> None:
-    """Run a task or a pipeline through the queue and (by default) wait for it."""
+    """Run a task or a pipeline through the queue and (by default) follow it live."""
     execute(
         state(ctx).client,
         target,
@@ -40,6 +42,7 @@ def run(
         timeout=timeout,
         as_json=as_json,
         key=key,
+        cache=cache,
     )
 
 
@@ -55,38 +58,13 @@ def execute(
     as_json: bool,
     kind: Kind | None = None,
     key: str | None = None,
+    cache: bool = True,
 ) -> None:
-    """Submit (printing the id) or run and show the record; shared by run and execute."""
+    """Submit (printing the id) or follow it live and show the record; shared by
+    run and execute."""
     options = {"priority": priority, "version": version, "kind": kind, "idempotency_key": key}
+    job = client.submit(target, document, cache=cache, **options)
     if not wait:
-        execution_id = client.submit(target, document, **options)
-        print_json({"execution_id": execution_id}) if as_json else console.print(execution_id)
+        print_json({"execution_id": job.id}) if as_json else console.print(job.id)
         return
-    try:
-        record = client.run(target, document, timeout=timeout, **options)
-    except Detached as e:  # Ctrl-C: the execution goes on; say how to find it
-        err_console.print(
-            f"interrupted: execution {e.execution_id} is still running. Follow it with "
-            f"`wtm executions show {e.execution_id}`, stop it with "
-            f"`wtm executions cancel {e.execution_id}`",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from e
-    show_record(record, as_json)
-    if record.kind == "pipeline" and not as_json:
-        console.print(steps_table(record))
-    exit_unless_succeeded(record, timeout)
-
-
-def exit_unless_succeeded(record: ExecutionRecord, timeout: float | None) -> None:
-    """Exit 1 for a failed execution, or one still going when --timeout ran out."""
-    if record.status == ExecutionStatus.SUCCEEDED:
-        return
-    if not record.status.terminal:
-        waited = f" after {timeout:g}s" if timeout is not None else ""
-        err_console.print(
-            f"still {record.status.value}{waited}; follow it with "
-            f"`wtm executions show {record.execution_id}`"
-        )
-    raise typer.Exit(1)
+    show_outcome(job, timeout, as_json)
