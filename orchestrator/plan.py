@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.models import StepRecord
 from orchestrator.policy import Level, StepPolicy, resolve_step_policy
@@ -52,6 +52,9 @@ class Plan(BaseModel):
     name_failed_step: bool = False
     # A result's ``summary`` gets each step's time and the total.
     summary_timings: bool = False
+    # The pipeline input's top-level fields that something takes (None: any), checked
+    # when it is submitted; not sent with the job.
+    input_fields: frozenset[str] | None = Field(default=None, exclude=True)
 
     @property
     def sinks(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from orchestrator.objects import ObjectStore
 from orchestrator.outputs import check_recordable
 from orchestrator.packages import fetch, load_task
 from orchestrator.sdk import TaskBase
+from orchestrator.strict import strict_schema, unknown_field
 
 
 class TaskRunner:
@@ -23,8 +25,8 @@ class TaskRunner:
     def __init__(self, record: TaskRecord, task: TaskBase):
         self.record = record
         self.task = task
-        self._input = _validator(record.spec.input_schema)
-        self._output = _validator(record.spec.output_schema)
+        self._input = compiled(record.spec.input_schema)
+        self._output = compiled(record.spec.output_schema)
 
     @classmethod
     def load(cls, record: TaskRecord, objects: ObjectStore, cache: Path) -> TaskRunner:
@@ -75,12 +77,20 @@ class TaskRunner:
         return results
 
 
-def _validator(schema: dict | None) -> jsonschema.protocols.Validator | None:
-    if not schema:
-        return None
+def compiled(
+    schema: dict | None, strict: bool = False, top: bool = True
+) -> jsonschema.protocols.Validator | None:
+    """The schema compiled (None without one): as written, what a replica enforces (its
+    input may hold upstream outputs), or strict (orchestrator.strict), what a submit does."""
+    return _compiled(json.dumps(schema, sort_keys=True), strict, top) if schema else None
+
+
+@functools.lru_cache(maxsize=256)  # a client checks the same few schemas on every submit
+def _compiled(text: str, strict: bool, top: bool) -> jsonschema.protocols.Validator:
+    schema = json.loads(text)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return _with_numpy_types(cls)(schema)
+    return _with_numpy_types(cls)(strict_schema(schema, top) if strict else schema)
 
 
 @functools.cache
@@ -104,11 +114,17 @@ def _with_numpy_types(cls):
 
 def check(validator, document: Any, what: str) -> None:
     """Raise ValidationError naming the first offending field, if any."""
-    if validator is None:
-        return
-    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if validator is not None:
+        _raise_best(validator.iter_errors(document), what)
+
+
+def _raise_best(errors, what: str) -> None:
+    error = jsonschema.exceptions.best_match(errors)
     if error is None:
         return
+    unknown = unknown_field(error)
+    if unknown:
+        raise ValidationError(f"{what}: {unknown}")
     where = "/".join(str(p) for p in error.absolute_path)
     field = f" field {where!r}" if where else ""
     raise ValidationError(f"{what}{field}: {_message(error)}")
@@ -123,6 +139,19 @@ def _message(error) -> str:
     return error.message
 
 
-def validate_input(schema: dict | None, document: Any, what: str) -> None:
-    """Check a document against a JSON Schema before anything is queued."""
-    check(_validator(schema), document, what)
+def validate_input(schema: dict | None, document: Any, what: str, strict_top: bool = True) -> None:
+    """Check a document against a JSON Schema before anything is queued.
+
+    Unknown fields are refused unless the schema allows them (orchestrator.strict);
+    ``strict_top=False`` leaves the top level as written (an input other steps share).
+    """
+    check(compiled(schema, strict=True, top=strict_top), document, what)
+
+
+def validate_fields(schema: dict | None, document: Any, what: str, strict_top: bool = True) -> None:
+    """Check the part of an input that is known before it runs: errors inside the fields
+    it holds, and unknown ones, but not the fields it lacks (upstream steps fill them)."""
+    validator = compiled(schema, strict=True, top=strict_top)
+    if validator is not None:
+        errors = validator.iter_errors(document)
+        _raise_best((e for e in errors if e.absolute_path or unknown_field(e)), what)

@@ -59,7 +59,7 @@ def test_what_cannot_be_recorded_is_named_in_one_line(output, field, kind):
 
 
 def test_schemas_count_numpy_arrays_as_arrays_and_numpy_numbers_as_numbers():
-    from orchestrator.runner import _validator, check
+    from orchestrator.runner import check, compiled
 
     schema = {
         "type": "object",
@@ -70,7 +70,7 @@ def test_schemas_count_numpy_arrays_as_arrays_and_numpy_numbers_as_numbers():
         },
     }
     check(
-        _validator(schema), {"mask": np.zeros(3), "count": np.int64(2), "score": np.float32(1)}, "t"
+        compiled(schema), {"mask": np.zeros(3), "count": np.int64(2), "score": np.float32(1)}, "t"
     )
     with pytest.raises(ValidationError, match="'mask'"):
-        check(_validator(schema), {"mask": "not an array"}, "t")
+        check(compiled(schema), {"mask": "not an array"}, "t")

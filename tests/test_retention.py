@@ -195,7 +195,11 @@ def test_prune_on_the_stack_forgets_an_old_run_and_its_objects_and_keeps_a_new_o
         body="return {'echo': 'x' * 300_000}",  # over the inline limit: stored as an object
         input_schema={
             "type": "object",
-            "properties": {"a_path": {"type": "string"}, "b_path": {"type": "string"}},
+            "properties": {
+                "a_path": {"type": "string"},
+                "b_path": {"type": "string"},
+                "blob": {"type": "string"},
+            },
         },
     )
     client.register_task(folder, force=True)

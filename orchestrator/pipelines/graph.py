@@ -4,7 +4,11 @@ Everything is checked before anything runs: unique step ids, known
 dependencies, no cycles (the error prints the cycle), registered tasks and
 pinned versions, mappings that read only the input or upstream steps (and,
 where the upstream task declares an ``output_schema``, only fields it
-declares), and parallel groups whose members do not depend on each other.
+declares), mapped fields that their task takes, and parallel groups whose
+members do not depend on each other.
+
+At submit, what each step will receive from the pipeline input is checked
+against its task's input_schema, unknown fields refused (orchestrator.strict).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from orchestrator.pipelines.mapping import INPUT, step_input
 from orchestrator.pipelinespec import InputValidation, PipelineSpec, StepSpec
 from orchestrator.plan import Plan, PlannedStep, step_policy
 from orchestrator.policy import Level
-from orchestrator.runner import validate_input
+from orchestrator.runner import validate_fields, validate_input
 from orchestrator.settings import Settings
+from orchestrator.strict import declared_fields
+from orchestrator.suggest import did_you_mean
 
 TaskLookup = Callable[[str, str | None], TaskRecord | None]
 
@@ -41,6 +47,8 @@ def compile_plan(spec: PipelineSpec, tasks: TaskLookup, settings: Settings) -> P
     ancestors = _ancestors(steps, order)
     _check_groups(spec.steps, ancestors, where)
     records = {step_id: _task(steps[step_id], tasks, where) for step_id in order}
+    for s in spec.steps:
+        _check_fields(s, records[s.id], where)
     g = spec.global_settings
     planned = []
     for step_id in order:
@@ -74,6 +82,7 @@ def compile_plan(spec: PipelineSpec, tasks: TaskLookup, settings: Settings) -> P
         keep_outputs=True,
         name_failed_step=True,
         summary_timings=True,
+        input_fields=_input_fields(spec, steps, records),
     )
 
 
@@ -109,19 +118,77 @@ def check_input(spec: InputValidation | None, document: Any, where: str) -> None
 
 
 def check_step_inputs(plan: Plan, document: Any, tasks: TaskLookup) -> None:
-    """Check the input of every step that reads only the pipeline input (a first step)
-    against its task's input_schema, before anything is queued; the other steps'
-    inputs hold upstream outputs, checked on their replicas."""
+    """Check what each step receives from the pipeline input against its task's
+    input_schema, before anything is queued: a first step's whole input, and a later
+    step's fields that come from the pipeline input (the rest are upstream outputs,
+    checked on its replica). Unknown fields are refused, and so are top-level fields
+    nothing takes when the pipeline declares its ``input_validation``."""
+    _check_known_fields(plan, document)
+    step_ids = {s.step_id for s in plan.steps}
     for step in plan.steps:
-        if step.deps:
-            continue
         record = tasks(step.task_id, step.version)
         if record is None:  # compile_plan found it a moment ago; it was deleted since
             raise NotFoundError(f"{plan.target}: step {step.step_id!r}: task {step.task_id!r} gone")
         where = f"{plan.target} step {step.step_id!r} ({step.task_id}) input"
-        validate_input(
-            record.spec.input_schema, step_input(step.input_mapping, document, {}), where
-        )
+        schema = record.spec.input_schema
+        # An unmapped step shares the whole input with the other steps: its top
+        # level is its own only when it is the pipeline's one step.
+        top = bool(step.input_mapping) or len(plan.steps) == 1
+        if not step.deps:
+            validate_input(schema, step_input(step.input_mapping, document, {}), where, top)
+        else:
+            validate_fields(schema, _from_input(step, document, step_ids), where, top)
+
+
+def _from_input(step: PlannedStep, document: Any, step_ids: set[str]) -> dict[str, Any]:
+    """The fields of a later step's input that hold only pipeline input."""
+    if not step.input_mapping:
+        whole = step_input(None, document, {})
+        return {k: v for k, v in whole.items() if k not in step.reads}  # upstream wins
+    own = {
+        field: text
+        for field, text in step.input_mapping.items()
+        if _reads_only_input(jsonpath.parse(text), step_ids)
+    }
+    return step_input(own, document, {}) if own else {}
+
+
+def _reads_only_input(path: jsonpath.Path, step_ids: set[str]) -> bool:
+    return path.head == INPUT or (path.head is not None and path.head not in step_ids)
+
+
+def _check_known_fields(plan: Plan, document: Any) -> None:
+    if plan.input_fields is None or not isinstance(document, dict):
+        return
+    for name in document:
+        if name not in plan.input_fields:
+            hint = did_you_mean(name, plan.input_fields)
+            raise SpecError(f"{plan.target} input: unknown field {name!r}{hint}")
+
+
+def _input_fields(
+    spec: PipelineSpec, steps: dict[str, StepSpec], records: dict[str, TaskRecord]
+) -> frozenset[str] | None:
+    """The pipeline input's top-level fields something takes: those its input_validation
+    declares, those a mapping reads, and those an unmapped step's task takes. None
+    (any field) without input_validation, or where a step may read any field."""
+    if spec.input_validation is None:
+        return None
+    known = {*spec.input_validation.required_fields, *spec.input_validation.optional_fields}
+    for s in spec.steps:
+        if not s.input_mapping:
+            taken = declared_fields(records[s.id].spec.input_schema)
+            if taken is None:
+                return None
+            known |= taken
+        for text in (s.input_mapping or {}).values():
+            path = jsonpath.parse(text)
+            field = path.field(1) if path.head == INPUT else path.head
+            if field is None:  # $..x, $.*, $.input: it may read any field
+                return None
+            if path.head == INPUT or field not in steps:
+                known.add(field)
+    return frozenset(known)
 
 
 # checks ----------------------------------------------------------------------
@@ -163,6 +230,30 @@ def _ancestors(steps: dict[str, StepSpec], order: list[str]) -> dict[str, set[st
         deps = steps[step_id].deps
         out[step_id] = set(deps).union(*(out[d] for d in deps)) if deps else set()
     return out
+
+
+def _check_fields(s: StepSpec, record: TaskRecord, where: str) -> None:
+    """A step's input holds only fields its task takes, or it would fail on every run
+    (or, under a misspelled mapping, run without the field)."""
+    schema = record.spec.input_schema or {}
+    if s.input_mapping:
+        taken = declared_fields(schema)
+        wrong = [f for f in s.input_mapping if taken is not None and f not in taken]
+        if wrong:
+            raise SpecError(
+                f"{where}: step {s.id!r} maps {wrong[0]!r}, a field task {record.task_id!r} "
+                f"does not take{did_you_mean(wrong[0], taken or ())}"
+            )
+        return
+    # Unmapped, its input holds each dependency's output under the step's id.
+    closed = schema.get("additionalProperties") is False and "patternProperties" not in schema
+    wrong = [d for d in s.deps if closed and d not in schema.get("properties", {})]
+    if wrong:
+        raise SpecError(
+            f"{where}: step {s.id!r} has no input_mapping, so its input holds the output "
+            f"of {wrong[0]!r}, a field task {record.task_id!r} does not take; "
+            "give it an input_mapping"
+        )
 
 
 def _check_groups(steps: list[StepSpec], ancestors: dict[str, set[str]], where: str) -> None:

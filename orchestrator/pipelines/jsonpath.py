@@ -30,8 +30,11 @@ class Path:
     @property
     def head(self) -> str | None:
         """The first field read (``detection`` in ``$.detection.faces``), if it is one."""
-        first = self.segments[0] if self.segments else None
-        return _field_name(first)
+        return self.field(0)
+
+    def field(self, i: int) -> str | None:
+        """The field the ``i``-th segment reads, if it is one field."""
+        return _field_name(self.segments[i]) if i < len(self.segments) else None
 
     @property
     def singular(self) -> bool:
