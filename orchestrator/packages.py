@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import importlib
 import io
+import json
 import shutil
 import sys
 import tarfile
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from orchestrator import keys
+from orchestrator import keys, seedcompat
 from orchestrator.artifacts import Candidate, Registry
 from orchestrator.errors import NotFoundError, PackageError, SpecError
 from orchestrator.models import TaskRecord
@@ -105,12 +106,16 @@ def register(
 
 
 def candidate(folder: Path) -> Candidate[TaskRecord]:
-    """Check a package folder and archive it, ready to register (nothing is stored)."""
+    """Check a package folder and archive it, ready to register (nothing is stored).
+
+    Requirements the environment lacks are refused here, not first when a job runs.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError(f"{folder}: no such task folder")
     spec = load_spec(folder)
     check_entry_point(folder, spec)
+    check_requirements(spec)
     data = build_archive(folder)
 
     def build(sha: str, key: str) -> TaskRecord:
@@ -205,7 +210,12 @@ def _check_members(members: list[tarfile.TarInfo], limits: Limits) -> None:
 
 
 def check_requirements(spec: TaskSpec) -> None:
-    """Fail with the full list of requirements this environment lacks."""
+    """Fail with the full list of requirements this environment lacks, and the two fixes.
+
+    Registration and every replica's load both check: this environment stands
+    for the cluster's (one image everywhere), and a node that still differs is
+    caught when its replica loads.
+    """
     env = spec.runtime_env or {}
     if any(k in env for k in ("pip", "uv", "conda")):  # the task brings its own packages
         return
@@ -218,7 +228,12 @@ def check_requirements(spec: TaskSpec) -> None:
         if not _satisfied(req):
             missing.append(line)
     if missing:
-        raise PackageError(f"{spec.task_id}: missing requirements: {', '.join(missing)}")
+        pip = json.dumps({"pip": missing})
+        raise PackageError(
+            f"{spec.task_id}: missing requirements: {', '.join(missing)}; install them "
+            f'where the replicas run, or add "runtime_env": {pip} to task.json '
+            "so Ray installs them for this task's replicas alone"
+        )
 
 
 # Distribution names that provide the same import as another (pins in the seed's
@@ -247,6 +262,7 @@ def load_task(record: TaskRecord, folder: Path) -> TaskBase:
     """Import the entry point from an extracted package and build the task."""
     spec = record.spec
     check_requirements(spec)
+    seedcompat.install()  # packages written for the seed import `tasks.base.task_base`
     name = module_name(record)
     if name not in sys.modules:
         package = types.ModuleType(name)
@@ -260,7 +276,9 @@ def load_task(record: TaskRecord, folder: Path) -> TaskBase:
     except (ImportError, AttributeError, SyntaxError) as e:
         raise PackageError(f"{spec.task_id}: cannot import {spec.entry_point}: {e}") from e
     if not (isinstance(cls, type) and issubclass(cls, TaskBase)):
-        raise PackageError(f"{spec.task_id}: {spec.entry_point} is not a TaskBase subclass")
+        shadow = seedcompat.shadowing()
+        hint = f" (a `tasks` package at {shadow} hides the seed SDK alias)" if shadow else ""
+        raise PackageError(f"{spec.task_id}: {spec.entry_point} is not a TaskBase subclass{hint}")
     task = cls()
     task.metadata = record.spec.model_dump(mode="json")
     task.metadata.setdefault("package_dir", str(folder))

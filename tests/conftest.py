@@ -34,8 +34,8 @@ def stack_settings(wtm_home) -> Settings:
         controller={"idle_timeout_s": 4, "heartbeat_s": 1},
         dispatcher={"heartbeat_s": 1, "max_deliveries": 3},
     )
-    stack.up(settings)
     try:
+        stack.up(settings)  # inside: a start that fails halfway still stops what it started
         yield stack.resolve(settings)
     finally:
         stack.down(settings)

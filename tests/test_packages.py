@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import artifacts, keys
+from orchestrator import artifacts, keys, packages
 from orchestrator.errors import ConflictError, PackageError, SpecError
 from orchestrator.objects.local import LocalObjectStore
 from orchestrator.packages import (
@@ -456,9 +456,29 @@ def test_check_requirements_names_a_malformed_line():
         check_requirements(spec_with(["not a == requirement"]))
 
 
-def test_load_task_refuses_a_package_with_missing_requirements(tmp_path, records, objects, tasks):
+def test_register_refuses_missing_requirements_and_stores_nothing(
+    tmp_path, records, objects, tasks
+):
     folder = write_package(tmp_path / "pkg", requirements=["definitely-not-installed-pkg>=1"])
-    record, _ = register(folder, tasks)
+
+    with pytest.raises(PackageError) as info:
+        register(folder, tasks)
+
+    message = str(info.value)
+    assert "missing requirements: definitely-not-installed-pkg>=1;" in message
+    assert '"runtime_env": {"pip": ["definitely-not-installed-pkg>=1"]}' in message
+    assert "\n" not in message
+    assert records.list_tasks() == [] and objects.list(keys.TASKS_BUCKET, "") == []
+
+
+def test_load_task_refuses_a_package_with_missing_requirements(
+    tmp_path, records, objects, tasks, monkeypatch
+):
+    # Registered where the requirement was installed; loaded where it is not.
+    folder = write_package(tmp_path / "pkg", requirements=["definitely-not-installed-pkg>=1"])
+    with monkeypatch.context() as m:
+        m.setattr(packages, "_satisfied", lambda req: True)
+        record, _ = register(folder, tasks)
 
     with pytest.raises(PackageError, match="definitely-not-installed-pkg"):
         load_task(record, fetch(record, objects, tmp_path / "cache"))

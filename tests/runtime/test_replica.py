@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from orchestrator import packages
 from orchestrator.models import ExecutionStatus
 from tests.conftest import make_task
 
 
-def test_missing_requirements_fail_the_job_with_the_list(client, tmp_path):
+def test_missing_requirements_fail_the_job_with_the_list(client, tmp_path, monkeypatch):
     folder = make_task(
         tmp_path,
         "needs_missing",
@@ -14,7 +15,11 @@ def test_missing_requirements_fail_the_job_with_the_list(client, tmp_path):
         requirements=["definitely-not-installed-pkg>=1", "numpy>=1.0", "nor-this-one"],
         max_retries=3,
     )
-    client.register_task(folder)
+    # Registered where they were installed (registration checks this process's
+    # environment); the replica's own check is what this test is about.
+    with monkeypatch.context() as m:
+        m.setattr(packages, "_satisfied", lambda req: True)
+        client.register_task(folder)
     record = client.run("needs_missing", {})
     assert record.status == ExecutionStatus.FAILED
     assert record.error.type == "PackageError"
