@@ -16,7 +16,9 @@ against what a user would otherwise run, on this machine:
    served by a warm replica, against a plain Ray task that loads per call.
 4. **Large intermediates**: a step returning an 8 MB numpy array and a step
    summing it, against a Celery chain passing the same array (pickle).
-5. **Scale**: a CPU-bound task (``SPIN_MS`` of work) with 1, 2 and 4 replicas.
+5. **Scale**: a CPU-bound task (``SPIN_MS`` of work) with 1, 2 and 4 replicas,
+   and on a two-node local Ray cluster against one node (``nodes.py``, one CPU
+   per node, default replica settings).
 
 Celery (from the ``bench`` extra) is skipped if it is not installed. Writes
 ``benchmarks/workloads.md`` and, with matplotlib, ``workloads.png``; stops
@@ -255,6 +257,26 @@ def scale_ours(client: Client, work: Path) -> dict[int, float]:
     return out
 
 
+def scale_nodes(home: Path) -> dict[int, dict[str, Any]]:
+    """One node against two, each run by ``nodes.py`` in its own driver process."""
+    out = {}
+    for nodes in (1, 2):
+        private = home / f"nodes{nodes}"
+        private.mkdir(parents=True)
+        args = [str(nodes), "1", str(SPIN_MS), str(SPIN_JOBS)]
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "nodes.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "HOME": str(private)},  # Ray writes its token under HOME
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"nodes.py {nodes}: {done.stderr.strip()[-2000:]}")
+        out[nodes] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 # Celery -----------------------------------------------------------------------
 CELERY_APP = f"""
 import os, sys
@@ -453,6 +475,17 @@ def report(r: dict[str, Any], seconds: float) -> str:
         "|---:|---:|---:|",
         *(f"| {n} | {v:.1f} | {v / r['scale'][1]:.2f}x |" for n, v in r["scale"].items()),
         "",
+        "Nodes: a local Ray cluster of one CPU per node, the task reserving one CPU and "
+        "saying nothing about replicas (the controller scales it to the cluster):",
+        "",
+        "| nodes | jobs/s | jobs per node | speedup over 1 |",
+        "|---:|---:|---|---:|",
+        *(
+            f"| {n} | {v['jobs_per_s']:.1f} | {' / '.join(map(str, v['ran_on']))} | "
+            f"{v['jobs_per_s'] / r['nodes'][1]['jobs_per_s']:.2f}x |"
+            for n, v in r["nodes"].items()
+        ),
+        "",
     ]
     return "\n".join(lines)
 
@@ -466,7 +499,7 @@ def chart(r: dict[str, Any]) -> bool:
     except ImportError:
         return False
     cel = r.get("celery") or {}
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.5))
     names = ["this system", "compute limit"] + (["Celery"] if cel else [])
     values = [r["face"]["per_s"], r["limit"]["per_s"]] + ([cel["face_per_s"]] if cel else [])
     axes[0].bar(names, values, color="#4477aa")
@@ -477,6 +510,9 @@ def chart(r: dict[str, Any]) -> bool:
     axes[1].set_title(f"{ARRAY_MB} MB between steps, ms (lower is better)")
     axes[2].bar([str(n) for n in r["scale"]], list(r["scale"].values()), color="#117733")
     axes[2].set_title("CPU-bound jobs/s by replicas")
+    nodes = r["nodes"]
+    axes[3].bar([f"{n} node(s)" for n in nodes], [v["jobs_per_s"] for v in nodes.values()])
+    axes[3].set_title("CPU-bound jobs/s by Ray nodes")
     fig.tight_layout()
     fig.savefig(CHART, dpi=100)
     return True
@@ -514,7 +550,9 @@ def main() -> int:
             import ray
 
             ray.shutdown()
-        stack.down(settings)  # Celery gets the machine to itself
+        stack.down(settings)  # the node clusters and Celery get the machine to themselves
+        say("5. one Ray node against two ...")
+        r["nodes"] = scale_nodes(home)
         say("Celery: the face flow and the array chain ...")
         r["celery"] = celery_side(home / "celery")
     finally:
