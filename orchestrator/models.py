@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, computed_field, field_validator
 
 from orchestrator.pipelinespec import PipelineSpec
+from orchestrator.secrets import redact_text
 from orchestrator.taskspec import DEFAULT_PRIORITY, DEFAULT_QUEUE, TaskSpec
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -42,6 +43,20 @@ class _Printable(str, Enum):
 def _when(seconds: float | None) -> datetime | None:
     """Unix seconds as an aware UTC datetime (None stays None)."""
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
+
+
+class _Times:
+    """``started`` and ``finished`` as datetimes, beside the models' float fields
+    ``started_at`` and ``finished_at`` (not declared here: pydantic would take
+    them for fields of this class and put them first)."""
+
+    @property
+    def started(self) -> datetime | None:
+        return _when(self.started_at)  # type: ignore[attr-defined]
+
+    @property
+    def finished(self) -> datetime | None:
+        return _when(self.finished_at)  # type: ignore[attr-defined]
 
 
 class ExecutionStatus(_Printable):
@@ -91,8 +106,13 @@ class ErrorInfo(BaseModel):
     message: str
     step: str | None = None
 
+    @field_validator("message")
+    @classmethod
+    def _hide_credentials(cls, value: str) -> str:
+        return redact_text(value)  # a URL the error quotes is recorded without its password
 
-class StepRecord(BaseModel):
+
+class StepRecord(_Times, BaseModel):
     """One step of an execution (a task run is a one-step execution)."""
 
     step_id: str
@@ -109,14 +129,6 @@ class StepRecord(BaseModel):
     cache_hit: bool = False
     memory_usage: int | None = None  # the step's peak memory on its replica, in bytes
 
-    @property
-    def started(self) -> datetime | None:
-        return _when(self.started_at)
-
-    @property
-    def finished(self) -> datetime | None:
-        return _when(self.finished_at)
-
     def __repr__(self) -> str:
         took = f" in {self.duration:.3f}s" if self.duration is not None else ""
         return f"<Step {self.step_id} ({self.task_id}): {self.status}{took}>"
@@ -127,7 +139,7 @@ class StepRecord(BaseModel):
         return display.steps_html([self])
 
 
-class ExecutionRecord(BaseModel):
+class ExecutionRecord(_Times, BaseModel):
     """The system of record for one execution."""
 
     execution_id: str
@@ -162,14 +174,6 @@ class ExecutionRecord(BaseModel):
     @property
     def submitted(self) -> datetime:
         return _when(self.submitted_at)  # type: ignore[return-value]
-
-    @property
-    def started(self) -> datetime | None:
-        return _when(self.started_at)
-
-    @property
-    def finished(self) -> datetime | None:
-        return _when(self.finished_at)
 
     def __repr__(self) -> str:  # pydantic's would print the whole input and result
         took = f" in {self.duration:.3f}s" if self.duration is not None else ""
