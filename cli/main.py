@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import dlq, executions, pipeline, stack, task, worker
+from cli import backups, dlq, executions, pipeline, stack, task, worker
 from cli.common import CleanErrors
 from cli.run import run
 
@@ -21,6 +21,8 @@ app.command()(stack.health)
 app.command()(stack.supervise)
 app.command()(stack.demo)
 app.command()(run)
+app.command()(backups.backup)
+app.command()(backups.restore)
 app.add_typer(task.app, name="task")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(worker.app, name="worker")

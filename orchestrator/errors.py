@@ -115,6 +115,16 @@ class DeadLettered(OrchestratorError):
     """Recorded as the error of a job that kept failing delivery and went to dead letters."""
 
 
+class Interrupted(OrchestratorError):
+    """Recorded as the error of an execution a backup caught queued or running: a backup
+    holds no queue entries, so `wtm restore` restores it failed (retry runs it again)."""
+
+
+class BackupError(InputError):
+    """Raised when a backup folder cannot be written, or a folder to restore is not a whole,
+    intact backup (no manifest, a file missing or changed, an unknown format version)."""
+
+
 class ExecutionFailed(OrchestratorError):
     """Raised by a waiting client when the execution ended in failure."""
 

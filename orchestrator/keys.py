@@ -166,3 +166,17 @@ TASKS = "tasks"
 PIPELINES = "pipelines"
 EXECUTIONS = "executions"
 WORKERS = "workers"
+
+
+# Backups (the folder `wtm backup` writes) ---------------------------------
+BACKUP_MANIFEST = "manifest.json"  # written last: a folder without it is no backup
+
+
+def backup_records_file(kind: str) -> str:
+    """One record kind (``TASKS``...) as JSON lines, inside a backup folder."""
+    return f"records/{kind}.jsonl"
+
+
+def backup_object_file(bucket: str, key: str) -> str:
+    """One object, byte for byte, inside a backup folder."""
+    return f"objects/{bucket}/{key}"
