@@ -15,9 +15,10 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from orchestrator import Client, stack
+from orchestrator import Client, logs, stack
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import ExecutionRecord, ExecutionStatus, StepStatus
+from orchestrator.secrets import redact_text
 from orchestrator.settings import Settings, load_settings
 from orchestrator.workers import Workers
 
@@ -41,7 +42,8 @@ class CleanErrors(TyperGroup):
 
 
 def _error(message: str) -> None:
-    err_console.print(f"[red]Error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    shown = redact_text(message)  # a URL quoted in an error keeps its password hidden
+    err_console.print(f"[red]Error:[/red] {shown}", markup=True, highlight=False, soft_wrap=True)
 
 
 class AppState:
@@ -55,6 +57,8 @@ class AppState:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings()
+            # The file gets the configured level and format; stderr only warnings, as text.
+            logs.configure(self._settings, "cli", "wtm", stderr="WARNING", plain_stderr=True)
         return self._settings
 
     @property

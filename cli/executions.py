@@ -17,6 +17,7 @@ from cli.common import (
     when,
 )
 from cli.live import show_outcome
+from orchestrator import logs
 from orchestrator.models import ExecutionStatus
 
 app = typer.Typer(help="Execution history.", no_args_is_help=True)
@@ -70,14 +71,31 @@ def show(
     ctx: typer.Context,
     execution_id: str,
     as_json: bool = typer.Option(False, "--json"),
+    lines: int = typer.Option(10, "--lines", min=0, help="Log lines to show per file."),
 ) -> None:
-    """One execution: status, timings, steps, error and result."""
-    record = state(ctx).client.execution(execution_id)
+    """One execution: status, timings, steps, error and result, and where its logs are."""
+    app_state = state(ctx)
+    record = app_state.client.execution(execution_id)
     if as_json:
         print_json(record)
         return
     show_record(record, as_json=False)
     console.print(steps_table(record))
+    replicas = [s.worker_id for s in record.steps if s.worker_id] + [record.worker_id or ""]
+    show_logs(
+        logs.execution_logs(app_state.settings, execution_id, list(filter(None, replicas))), lines
+    )
+
+
+def show_logs(found: list[logs.LogLines], lines: int) -> None:
+    """Each log file that concerns the execution, with its last lines naming it."""
+    if not found:
+        console.print("logs: no line names this execution (dispatchers log successes at DEBUG)")
+    for f in found:
+        where = "" if f.exists else " (not on this machine: on the node that ran it)"
+        console.print(f"logs of {f.process}: {f.path}{where}, {len(f.lines)} line(s) name it")
+        for line in f.lines[-lines:] if lines else []:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from cli.common import console, print_json, render_result, seconds, state, steps_table
-from orchestrator import stack
+from orchestrator import logs, stack
 from orchestrator.demo import run_demo
 from orchestrator.errors import InputError
 from orchestrator.stack.supervisor import watch_cluster
@@ -24,6 +23,10 @@ def up(ctx: typer.Context) -> None:
     console.print(f"[green]up[/green] in {settings.home}")
     if st.dashboard_url:
         console.print(f"Ray dashboard: {st.dashboard_url}")
+    if st.ray_token_file:  # the dashboard asks for it once per browser
+        console.print(f"Ray auth token: in {st.ray_token_file}")
+    if st.metrics_url:
+        console.print(f"Metrics (Prometheus): {st.metrics_url}")
 
 
 def down(ctx: typer.Context) -> None:
@@ -49,7 +52,8 @@ def supervise(ctx: typer.Context) -> None:
             "`wtm supervise` watches a cluster you run (set WTM_REDIS__URL and "
             "WTM_RAY__ADDRESS); the embedded stack is supervised by `wtm up`"
         )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Every line to stderr too, in the configured format: the container's log.
+    logs.configure(settings, "supervise", stderr=settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         watch_cluster(settings)
 

@@ -10,6 +10,11 @@ it drives the first.
 
 Run as ``python -m orchestrator.cluster deploy|ensure|remove`` with the
 settings as JSON on stdin (never on the command line: they may hold passwords).
+
+A cluster whose settings name an auth token file (``ray.auth_token_file``;
+the embedded stack names its own) is reached with Ray's token
+authentication on and that token, whatever ``RAY_AUTH_TOKEN`` or
+``~/.ray/auth_token`` hold (:func:`with_auth`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import psutil
 
 from orchestrator import keys
 from orchestrator.errors import StackError
+from orchestrator.secrets import redact_text
 from orchestrator.settings import Settings
 
 CHILD_TIMEOUT_S = 180.0
@@ -50,12 +56,39 @@ def connect(settings: Settings) -> None:
             f"this process is a Ray driver of the cluster at {current}, not of "
             f"{settings.ray.address}; a process drives one cluster: use another process"
         )
+    _use_token(settings.ray.auth_token_file)
     ray.init(
         address=settings.ray.address,
         namespace=settings.ray.namespace,
         log_to_driver=False,
         logging_level="WARNING",
     )
+
+
+def with_auth(env: dict[str, str], token_file: Path | None) -> dict[str, str]:
+    """An environment that turns Ray's token authentication on with the token in
+    ``token_file`` (unchanged if None). ``RAY_AUTH_TOKEN`` goes: it would win over the file."""
+    if token_file is None:
+        return dict(env)
+    out = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+    return {**out, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+
+
+def _use_token(token_file: Path | None) -> None:
+    """Have this process, about to become a driver, authenticate with ``token_file``.
+
+    Ray reads its mode and token from the environment, and caches both: they are
+    set, then read again (as ``ray.init`` does when it enables token auth itself).
+    """
+    if token_file is None:
+        return
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    auth = with_auth(dict(os.environ), token_file)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update({k: auth[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")})
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def same_cluster(a: str | None, b: str | None) -> bool:
@@ -99,7 +132,7 @@ def _in_child(verb: str, settings: Settings) -> str:
     package_root = str(Path(__file__).resolve().parent.parent)
     path = os.environ.get("PYTHONPATH")
     env = {
-        **os.environ,
+        **with_auth(dict(os.environ), settings.ray.auth_token_file),
         "PYTHONPATH": f"{package_root}{os.pathsep}{path}" if path else package_root,
     }
     try:
@@ -116,7 +149,7 @@ def _in_child(verb: str, settings: Settings) -> str:
     if done.returncode != 0:
         marked = [line for line in done.stderr.splitlines() if line.startswith(_ERROR)]
         lines = marked or (done.stderr or done.stdout).strip().splitlines() or ["no output"]
-        reason = lines[-1].removeprefix(_ERROR)
+        reason = redact_text(lines[-1].removeprefix(_ERROR))
         raise StackError(f"{verb} on the Ray cluster at {settings.ray.address} failed: {reason}")
     answers = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
     if not answers:

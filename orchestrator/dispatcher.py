@@ -33,6 +33,10 @@ this dispatcher is taken up again after a backoff, not at once.
 Faults in place. A transient Redis or records error inside a job is retried
 where it happened, with backoff, by the same dispatcher: the job keeps its
 progress and its result.
+
+Metrics (:mod:`~orchestrator.metrics`): executions taken, started and ended,
+each step's time, recorded as the job goes (local calls, no round trip), and
+the jobs held, with each heartbeat.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from orchestrator import keys, lifecycle
+from orchestrator import keys, lifecycle, logs, metrics
 from orchestrator.errors import NotFoundError
 from orchestrator.intake import Job
 from orchestrator.lifecycle import Event, Verdict
@@ -132,6 +136,12 @@ class Dispatcher:
     async def start(self) -> str:
         """Start the loops (idempotent); returns the consumer name."""
         if self._main is None:
+            log.info(
+                "dispatcher %s serving %s, %d jobs at once",
+                self.consumer,
+                ", ".join(self.cfg.queues) or "every queue",
+                self.cfg.concurrency,
+            )
             self._main = self._background(self._serve())
             self._background(self._every(self.cfg.heartbeat_s, self._beat, "heartbeat"))
             self._background(self._every(self.cfg.heartbeat_s, self._take_over, "taking over"))
@@ -174,6 +184,7 @@ class Dispatcher:
         ttl = max(1, math.ceil(self.cfg.heartbeat_s * 3))
         beat = {"pid": os.getpid(), "at": time.time(), "in_flight": len(self._held)}
         await self.control.set(keys.dispatcher_alive(self.consumer), json.dumps(beat), ex=ttl)
+        metrics.dispatcher_in_flight(self.consumer, len(self._held))
         await self._renew()
 
     # read ------------------------------------------------------------------
@@ -312,11 +323,20 @@ class Dispatcher:
         the "running" write is refused if a cancel ended it first. A delivery
         taken over reads the record back, for the steps it finished.
         """
+        logs.set_execution(job.execution_id)  # this job's asyncio task only: its lines name it
+        log.debug("execution %s taken up (claimed: %s)", job.execution_id, claimed)
+        if not claimed:
+            metrics.job_taken(job)
         record = await self.store.load(job.execution_id) if claimed else job.queued()
         if record is None or record.status.terminal:
             return None, None
-        if not await self.store.save(record, lifecycle.start(record, time.time())):
+        began, first = time.time(), record.started_at is None
+        if not await self.store.save(record, lifecycle.start(record, began)):
+            # Refused: a cancel ended it first, while it was queued.
+            metrics.execution_ended(job.kind, job.target, ExecutionStatus.CANCELLED)
             return None, None
+        if first:
+            metrics.execution_started(record)
         try:
             document = await self.store.input_of(job)
         except NotFoundError:  # pruned, or deleted by hand: it will not come back
@@ -326,6 +346,8 @@ class Dispatcher:
             verdict = await self.driver.run(job.plan, document, record)
         event = lifecycle.finish(record, verdict, time.time())
         await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
+        metrics.execution_finished(record, since=began)
+        _log_end(record)
         return event.carrying(record), record  # the waiting client need not read it back
 
     async def _ack(self, entry: Entry, event: Event | None = None) -> None:
@@ -449,6 +471,7 @@ class Dispatcher:
         if job is not None and record is not None and not record.status.terminal:
             event = lifecycle.dead_letter(record, reason, time.time())
             await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
+            metrics.execution_ended(record.kind, record.target, record.status)
         self._failures.pop(entry.key, None)
         await self._park(entry, reason, deliveries)
         if event is not None:
@@ -488,6 +511,15 @@ def _by_stream(held: dict[tuple[str, str], Any]) -> Iterator[tuple[str, list[str
     yield from streams.items()
 
 
+def _log_end(record: ExecutionRecord) -> None:
+    """One line per execution that did not succeed; a success only at DEBUG (the hot path)."""
+    if record.status == ExecutionStatus.SUCCEEDED:
+        log.debug("execution %s succeeded in %.3fs", record.execution_id, record.duration or 0)
+        return
+    error = f": {record.error.type}: {record.error.message}" if record.error else ""
+    log.info("execution %s %s%s", record.execution_id, record.status.value, error)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -506,6 +538,7 @@ class DispatcherActor(Dispatcher):
     restarts after its process died serves again with no one asking."""
 
     def __init__(self, settings: Settings, name: str):
+        logs.configure_actor(settings, name)
         super().__init__(settings, name)
         actors.start_itself()
 

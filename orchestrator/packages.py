@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import io
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -149,11 +150,15 @@ def check_entry_point(folder: Path, spec: TaskSpec) -> None:
 def fetch(record: TaskRecord, objects: ObjectStore, cache: Path, limits: Limits = Limits()) -> Path:
     """Download, verify and safely extract a package; returns its folder.
 
-    The cache is keyed by sha256 and filled by rename, so concurrent loaders
-    on one machine never see a half-extracted package.
+    The sha256 is checked on every load: a download against the record, and a
+    folder already in the cache against the archive kept beside it (itself
+    checked against the record), file by file; a cached copy edited or damaged
+    since is replaced by a fresh one. The cache is keyed by sha256 and filled by
+    rename, so concurrent loaders on one machine never see a half-extracted package.
     """
     target = Path(cache) / record.sha256
-    if target.is_dir():
+    kept = target.with_name(f"{record.sha256}.tar.gz")
+    if target.is_dir() and _intact(target, kept, record.sha256):
         return target
     data = objects.get(keys.TASKS_BUCKET, record.object_key)
     actual = hashlib.sha256(data).hexdigest()
@@ -165,12 +170,39 @@ def fetch(record: TaskRecord, objects: ObjectStore, cache: Path, limits: Limits 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
     try:
-        extract(data, staging, limits)
+        (staging / "files").mkdir()
+        extract(data, staging / "files", limits)
+        (staging / "archive").write_bytes(data)
+        os.replace(staging / "archive", kept)
+        if target.is_dir():  # edited or damaged since it was extracted: set aside
+            with contextlib.suppress(OSError):
+                target.rename(staging / "stale")
         with contextlib.suppress(OSError):  # another loader won: theirs is identical
-            staging.rename(target)
+            (staging / "files").rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _intact(folder: Path, kept: Path, sha256: str) -> bool:
+    """Whether an extracted package holds exactly the files of its archive, and that
+    archive is the one the record names (Python's own ``__pycache__`` aside)."""
+    try:
+        data = kept.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return False
+        on_disk = {p.relative_to(folder).as_posix(): p for p in _package_files(folder)}
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            if set(on_disk) != {m.name for m in members}:
+                return False
+            for m in members:
+                stream = tar.extractfile(m)
+                if stream is None or stream.read() != on_disk[m.name].read_bytes():
+                    return False
+    except (OSError, PackageError, tarfile.TarError, EOFError, zlib.error):
+        return False
+    return True
 
 
 def extract(data: bytes, dest: Path, limits: Limits = Limits()) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from orchestrator import logs
 from orchestrator.errors import ConfigError
 
 
@@ -50,6 +51,14 @@ class RaySettings(BaseModel):
     address: str | None = None
     namespace: str = "wtm"
     num_cpus: int | None = None
+    # Where `wtm health` says Prometheus reads Ray's metrics on a cluster you run
+    # (e.g. http://ray-head:8080/metrics). None: each node's own, as the
+    # controller finds them; the embedded head's is in stack.json.
+    metrics_url: str | None = None
+    # A file holding the cluster's auth token: every Ray process and driver this
+    # system starts runs with token authentication on and this token. None: Ray's
+    # own (RAY_AUTH_MODE, RAY_AUTH_TOKEN[_PATH]); the embedded stack uses one of its own.
+    auth_token_file: Path | None = None
 
 
 class DispatcherSettings(BaseModel):
@@ -72,7 +81,7 @@ class ControllerSettings(BaseModel):
     period_s: float = 0.5  # control loop period
     idle_timeout_s: float = 300.0  # scale an idle set down after this long
     load_timeout_s: float = 600.0  # a replica must load its task within this
-    heartbeat_s: float = 2.0  # replicas write their worker record this often
+    heartbeat_s: float = 2.0  # replicas send their worker record to the controller this often
     probe_timeout_s: float = 5.0  # a replica that does not answer a probe within this is hung
     report_ttl_s: float = 5.0  # a dispatcher's demand report counts for this long
     dead_after_beats: int = 3  # a replica silent for this many heartbeats is shown dead
@@ -107,6 +116,35 @@ class RetentionSettings(BaseModel):
     every_s: float = Field(default=3600.0, gt=0)  # how often the controller prunes
 
 
+class LoggingSettings(BaseModel):
+    """The seed's ``logging`` section but its level (that is ``log_level``): how each
+    process's log file under ``logs_dir`` is written (see :mod:`orchestrator.logs`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: str = logs.TEMPLATE  # a template of loguru's fields, "text" (this one) or "json"
+    rotation: str = "10 MB"  # a size, or a period ("1 day")
+    retention: str = "1 week"  # an age, or a count of rotated files ("10 files")
+    dir: Path | None = None  # None: logs/ under the home
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        logs.formatter(value)  # an unknown {field} is named now, not in an actor later
+        return value
+
+    @field_validator("rotation")
+    @classmethod
+    def _rotation(cls, value: str) -> str:
+        logs.parse_rotation(value)
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        logs.parse_retention(value)
+        return value
+
+
 class TaskOverrides(BaseModel):
     """One entry of the seed's ``worker.task_configs``: an operator's overrides of a
     task's ``task.json`` in this deployment."""
@@ -139,6 +177,7 @@ class Settings(BaseSettings):
     home: Path = Path("~/.wtm")
     config: Path | None = None
     log_level: str = "INFO"
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     records: RecordsSettings = Field(default_factory=RecordsSettings)
     objects: ObjectsSettings = Field(default_factory=ObjectsSettings)
@@ -162,6 +201,11 @@ class Settings(BaseSettings):
         kwargs = getattr(init_settings, "init_kwargs", {})
         return (init_settings, env_settings, SeedConfigSource(settings_cls, kwargs))
 
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        return logs.parse_level(value)
+
     def model_post_init(self, __context: Any) -> None:
         self.home = self.home.expanduser().resolve()
 
@@ -178,6 +222,11 @@ class Settings(BaseSettings):
     @property
     def objects_dir(self) -> Path:
         return self.home / "objects"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where each process writes its log file (see :mod:`orchestrator.logs`)."""
+        return (self.logging.dir or self.home / "logs").expanduser()
 
     @property
     def package_cache(self) -> Path:
@@ -258,8 +307,11 @@ def translate_seed_config(data: dict[str, Any], source: str = "config.json") -> 
         }
     if "worker" in data:
         out["worker"] = data["worker"]
-    if "logging" in data and "level" in data["logging"]:
-        out["log_level"] = data["logging"]["level"]
+    if "logging" in data:
+        section = dict(data["logging"])
+        if "level" in section:
+            out["log_level"] = section.pop("level")
+        out["logging"] = section
     for key in ("ray", "dispatcher", "controller", "steps", "client", "retention", "home"):
         if key in data:
             out[key] = data[key]

@@ -219,6 +219,34 @@ def test_fetch_refuses_an_archive_that_does_not_match_its_sha(tmp_path, records,
     assert not (tmp_path / "cache" / record.sha256).exists()
 
 
+def test_every_load_checks_a_cached_package_against_its_sha(tmp_path, records, objects, tasks):
+    folder = write_package(tmp_path / "pkg")
+    record, _ = register(folder, tasks)
+    cached = fetch(record, objects, tmp_path / "cache")
+
+    (cached / "helper.py").write_text("VALUE = 'edited in the cache'\n")  # edited since
+    (cached / "extra.py").write_text("print('planted')\n")
+    again = fetch(record, objects, tmp_path / "cache")
+
+    assert again == cached
+    assert sorted(p.name for p in again.iterdir()) == ["helper.py", "task.json", "task.py"]
+    assert (again / "helper.py").read_bytes() == (folder / "helper.py").read_bytes()
+
+
+def test_a_cached_package_is_not_trusted_once_its_kept_archive_changed(
+    tmp_path, records, objects, tasks
+):
+    record, _ = register(write_package(tmp_path / "pkg"), tasks)
+    cache = tmp_path / "cache"
+    fetch(record, objects, cache)
+    evil = build_archive(write_package(tmp_path / "evil", value="evil"))
+    (cache / f"{record.sha256}.tar.gz").write_bytes(evil)  # the copy kept beside it
+    objects.put(keys.TASKS_BUCKET, record.object_key, evil)  # and the stored archive
+
+    with pytest.raises(PackageError, match="sha256"):
+        fetch(record, objects, cache)
+
+
 # extract: hostile archives ----------------------------------------------------------
 def tar_of(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
     buffer = io.BytesIO()

@@ -342,12 +342,14 @@ def gcs_pid(settings: Settings) -> int:
     """The stack's Ray head process (waited for: an earlier test may have just had
     the head restarted, and its new process may not be up yet)."""
 
+    def name(pid: int) -> str | None:
+        try:
+            return Path(f"/proc/{pid}/comm").read_text().strip()
+        except FileNotFoundError:  # it exited since it was listed
+            return None
+
     def found() -> list[int]:
-        return [
-            p
-            for p in stack.stack_pids(settings)
-            if Path(f"/proc/{p}/comm").read_text().strip() == "gcs_server"
-        ]
+        return [p for p in stack.stack_pids(settings) if name(p) == "gcs_server"]
 
     (pid,) = wait_until(found, timeout=60, what="the Ray head's gcs_server")
     return pid

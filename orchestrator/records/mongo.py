@@ -7,7 +7,6 @@ Each record is one document, its pydantic JSON dump plus an ``_id`` (and a
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from orchestrator.models import (
     TaskRecord,
     WorkerRecord,
 )
+from orchestrator.secrets import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,7 +84,7 @@ class MongoRecordStore:
             client: Any = mongomock.MongoClient()
         else:
             client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
-        return cls(client, database, where=re.sub(r"//[^@/]*@", "//***@", uri))
+        return cls(client, database, where=redact(uri))
 
     def _coll(self, name: str) -> Any:
         if not self._indexed:

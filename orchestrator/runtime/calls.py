@@ -30,6 +30,7 @@ class StepCall:
     call_key: str | None = None  # one execution's step: a redelivered call joins a running one
     priority: int = 5  # the execution's: orders the wait for a replica slot
     prefer: str | None = None  # the replica a lost delivery left running it: join it there
+    execution_id: str | None = None  # named on the lines the task logs during the call
 
 
 @dataclass

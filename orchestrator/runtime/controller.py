@@ -4,13 +4,17 @@ For each task version it keeps a set of named detached replicas
 (``wtm:<task_id>@<version>#<n>``) between the task's ``min`` and ``max``,
 sized by the demand dispatchers report; replaces replicas that die or hang;
 and drains idle ones. Its loop reads as named steps and never blocks on a
-Ray result: every probe is awaited with a timeout.
+Ray result: every probe is awaited with a timeout. It writes the replicas'
+worker records from the heartbeats they send it, so a replica (where task
+code runs) is started with settings that hold no records or Redis credentials.
 
 It keeps nothing that cannot be rebuilt: Ray restarts it when its process
 dies, and the new one adopts every named replica still alive, so running
 replicas (and their loaded models) survive it. It publishes a heartbeat with
-its replica sets to Redis for ``wtm health``, and prunes old executions
-every ``retention.every_s`` (see :mod:`orchestrator.retention`).
+its replica sets (and where each node serves its metrics) to Redis for
+``wtm health``, samples the queues and replica sets into the metrics with it
+(:mod:`orchestrator.metrics`), and prunes old executions every
+``retention.every_s`` (see :mod:`orchestrator.retention`).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from typing import Any
 
 import ray
 
-from orchestrator import keys, retention
+from orchestrator import keys, logs, metrics, retention
 from orchestrator.errors import NotFoundError, ReplicaUnavailable
-from orchestrator.models import TaskRecord, WorkerState
+from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
 from orchestrator.objects import open_objects
 from orchestrator.policy import cluster_fit, desired_replicas, replicas_for
 from orchestrator.records import open_records
@@ -37,6 +41,7 @@ from orchestrator.resilience import async_redis, redis_client
 from orchestrator.runtime import actors
 from orchestrator.runtime.replica import Replica
 from orchestrator.runtime.router import ReplicaView
+from orchestrator.secrets import for_replicas
 from orchestrator.settings import Settings
 from orchestrator.taskspec import TaskSpec
 
@@ -184,6 +189,10 @@ class Controller:
         self._prober: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._totals, self._totals_at = (1.0, 0.0), -CLUSTER_READ_S  # cluster CPUs, GPUs
+        # Worker records are written here, replicas' heartbeats included, one at a
+        # time: a beat of a replica already marked dead or forgotten is dropped.
+        self._workers_lock = asyncio.Lock()
+        self._retired: set[str] = set()
 
     async def start(self) -> None:
         """Adopt the replicas alive on the cluster, then run the loops (idempotent)."""
@@ -220,6 +229,22 @@ class Controller:
                     continue
             await asyncio.wait_for(rs.changed.wait(), self.cfg.load_timeout_s)
         return ReplicaView(rs.generation, dict(rs.ready), rs.spec.calls_at_once)
+
+    async def worker_beat(self, worker: dict[str, Any]) -> None:
+        """A replica's heartbeat: its worker record, written here for it (a replica,
+        where task code runs, holds no records credentials). A replica this
+        controller does not keep, or already retired, is not written."""
+        record = WorkerRecord.model_validate(worker)
+        async with self._workers_lock:
+            if record.worker_id in self._retired or not self._keeps(record.worker_id):
+                return
+            await asyncio.to_thread(self.records.put_worker, record)
+
+    def _keeps(self, name: str) -> bool:
+        return any(
+            name in rs.ready or name in rs.starting or name in rs.draining
+            for rs in self.sets.values()
+        )
 
     async def report(self, dispatcher: str, demand: dict[str, int]) -> dict[str, int]:
         """A dispatcher's calls waiting or running per set; returns set generations."""
@@ -456,13 +481,30 @@ class Controller:
         if self.redis is None:
             return
         ttl = max(1, math.ceil(self.cfg.heartbeat_s * 3))
+        sampler = metrics.ControlSampler(self.redis)
         while True:
-            beat = {"pid": os.getpid(), "at": time.time(), "sets": await self.status()}
+            beat = {
+                "pid": os.getpid(),
+                "at": time.time(),
+                "sets": await self.status(),
+                "metrics": await sampler.endpoints(),  # where Prometheus reads each node
+            }
             try:
                 await self.redis.set(keys.CONTROLLER_ALIVE, json.dumps(beat), ex=ttl)
             except Exception as e:  # noqa: BLE001 - Redis restarting: beat again next time
                 log.warning("heartbeat failed: %s", e)
+            await sampler.sample(self._replica_counts())
             await asyncio.sleep(self.cfg.heartbeat_s)
+
+    def _replica_counts(self) -> list[metrics.ReplicaCounts]:
+        """Each set's replicas by state, for the metrics."""
+        counts = []
+        for rs in self.sets.values():
+            states = {"ready": rs.ready, "starting": rs.starting, "draining": rs.draining}
+            counts.append(
+                (rs.record.task_id, rs.record.version, {k: len(v) for k, v in states.items()})
+            )
+        return counts
 
     async def _prune_loop(self) -> None:
         """Apply the retention setting: prune what is older, every ``every_s``."""
@@ -548,13 +590,14 @@ class Controller:
             return
         name = keys.replica_name(rs.record.task_id, rs.record.version, rs.next_index)
         rs.next_index += 1
+        self._retired.discard(name)
         handle = ReplicaActor.options(
             name=name,
             namespace=self.settings.ray.namespace,
             lifetime="detached",
             get_if_exists=True,
             **options,
-        ).remote(self.settings, rs.record, name)
+        ).remote(for_replicas(self.settings), rs.record, name)
         rs.starting.add(name)
         rs.started_at[name] = time.time()
         rs.give_up[name] = asyncio.Event()
@@ -643,15 +686,20 @@ class Controller:
         return self._totals
 
     async def _mark_worker(self, name: str, state: WorkerState) -> None:
-        workers = await asyncio.to_thread(self.records.list_workers)
-        for w in workers:
-            if w.worker_id == name:
-                await asyncio.to_thread(
-                    self.records.put_worker, w.model_copy(update={"state": state})
-                )
+        async with self._workers_lock:
+            if state == WorkerState.DEAD:
+                self._retired.add(name)
+            workers = await asyncio.to_thread(self.records.list_workers)
+            for w in workers:
+                if w.worker_id == name:
+                    await asyncio.to_thread(
+                        self.records.put_worker, w.model_copy(update={"state": state})
+                    )
 
     async def _forget_worker(self, name: str) -> None:
-        await asyncio.to_thread(self.records.delete_worker, name)
+        async with self._workers_lock:
+            self._retired.add(name)
+            await asyncio.to_thread(self.records.delete_worker, name)
 
     def _background(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -671,6 +719,7 @@ class ControllerActor(Controller):
     after its process died adopts the live replicas and serves again."""
 
     def __init__(self, settings: Settings):
+        logs.configure_actor(settings, keys.CONTROLLER)
         super().__init__(settings)
         actors.start_itself()
 

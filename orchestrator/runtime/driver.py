@@ -157,6 +157,7 @@ class Driver:
             keep_as,
             run.record.priority,
             run.prefer.get(step.step_id),
+            run.record.execution_id,
         )
         args = (run.input_ref, *(run.outputs[r] for r in step.reads))
         cancelled = functools.partial(self.store.cancelled, run.record.execution_id)

@@ -15,6 +15,11 @@ interrupted). The same holds for memory: while a call runs, the replica's
 resident memory is sampled; its peak is the step's ``memory_usage``, and
 passing the task's ``resources.memory`` fails the call with
 :class:`~orchestrator.errors.MemoryLimitExceeded` and has the replica replaced.
+
+Task code runs in this process, so it holds only what a task needs: its
+package, the object store, and settings without the records', Redis's or Ray's
+credentials (:func:`orchestrator.secrets.for_replicas`). Its heartbeats go to
+the controller, which writes its worker record (see SECURITY.md).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import numpy as np
 import psutil
 import ray
 
-from orchestrator import keys
+from orchestrator import keys, logs
 from orchestrator.errors import (
     MemoryLimitExceeded,
     NotFoundError,
@@ -49,7 +54,6 @@ from orchestrator.objects import open_objects
 from orchestrator.outputs import restore, to_record
 from orchestrator.pipelines.mapping import step_input
 from orchestrator.policy import classify
-from orchestrator.records import open_records
 from orchestrator.runner import TaskRunner
 from orchestrator.runtime.batching import Batcher
 from orchestrator.runtime.calls import Outcome, StepCall, failure
@@ -68,6 +72,9 @@ class Replica:
     """Holds one task version loaded; serves ``call`` until killed."""
 
     def __init__(self, settings: Settings, record: TaskRecord, worker_id: str):
+        # Before the task loads: what its setup and every call log (self.logger.info
+        # included) goes to this replica's file, at the configured level.
+        logs.configure_actor(settings, worker_id)
         self.worker_id = worker_id
         self.record = record
         self.node = _node_id()
@@ -75,7 +82,9 @@ class Replica:
         self.started_at = time.time()
         self.memory_limit = record.spec.resources.memory or None  # resident memory; 0: none
         self._over_limit = False  # passed it once: being replaced, takes no more calls
-        self._records = open_records(settings)
+        # No records store here: task code runs in this process, and the controller
+        # writes this replica's worker record from the heartbeats it is sent.
+        self._reporter = _Reporter(settings.ray.namespace)
         self._stats = _Stats()
         self._lock = threading.Lock()
         # Task bodies run here, so a call can stop waiting for one at its timeout.
@@ -173,7 +182,8 @@ class Replica:
         with self._lock:
             flight = self._flights.get(key) if key else None
             if flight is None or flight.done():  # done: a retry, not a redelivery
-                flight = self._bodies.submit(self.call, document)
+                body = logs.bound(self.call, step.execution_id, step.step_id)
+                flight = self._bodies.submit(body, document)
                 if key:
                     self._flights[key] = flight
                     flight.add_done_callback(lambda _f: self._flights.pop(key, None))
@@ -273,12 +283,39 @@ class Replica:
     def _beat(self, state: WorkerState | None = None) -> None:
         # A missed heartbeat must never kill the replica.
         with contextlib.suppress(Exception):
-            self._records.put_worker(self._worker_record(state))
+            self._reporter.send(self._worker_record(state))
 
     def _heartbeat_loop(self) -> None:
         while True:
             time.sleep(self.heartbeat_s)
             self._beat()
+
+
+class _Reporter:
+    """Sends a replica's heartbeats (its worker record) to the controller, which
+    writes them: the replica holds no credential of the records store.
+
+    The controller is found by name, again after it was replaced; a beat lost
+    on the way is made up by the next.
+    """
+
+    def __init__(self, namespace: str):
+        self.namespace = namespace
+        self._controller: Any = None
+        self._last: Any = None  # the previous beat's reference: tells a dead handle
+
+    def send(self, record: WorkerRecord) -> None:
+        last, self._last = self._last, None
+        if last is not None and ray.wait([last], timeout=0)[0]:
+            try:
+                ray.get(last)
+            except ray.exceptions.RayActorError:  # replaced: look it up again
+                self._controller = None
+            except Exception:  # noqa: BLE001 - that beat is lost; this one goes
+                pass
+        if self._controller is None:
+            self._controller = ray.get_actor(keys.CONTROLLER, namespace=self.namespace)
+        self._last = self._controller.worker_beat.remote(record.model_dump(mode="json"))
 
 
 def _digest(value: Any) -> str:

@@ -86,26 +86,51 @@ def ensure(settings: Settings, notify: Notify | None = None) -> Settings:
 
 
 def up(settings: Settings, notify: Notify | None = None) -> StackState:
-    """Start what is missing (Redis, Ray head), deploy the control plane, supervise it all."""
+    """Start what is missing (Redis, Ray head), deploy the control plane, supervise it all.
+
+    A start that fails halfway stops what it started and records nothing, so the
+    next ``up`` starts clean; a stack that was already running is left as it is.
+    """
     say = notify or (lambda _msg: None)
     with state.locked(settings):
         st = state.read(settings)
+        fresh = st is None
         if st is None:
             st = StackState(home=str(settings.home), started_at=time.time())
-            if settings.redis.url is None:
-                say("starting redis-server")
-                services.start_redis(settings, st)
-            if settings.ray.address is None:
-                say("starting the Ray head (takes a few seconds)")
-                services.start_ray(settings, st)
+        try:
+            if fresh:
+                _start(settings, st, say)
+            else:
+                heal(settings, st, deploy=False)
+            say("deploying the controller and dispatchers")
+            st.dispatchers = cluster.deploy(resolve(settings, st))
             state.write(settings, st)
-        else:
-            heal(settings, st, deploy=False)
-        say("deploying the controller and dispatchers")
-        st.dispatchers = cluster.deploy(resolve(settings, st))
-        state.write(settings, st)
-        _supervise(settings, st)
+            _supervise(settings, st)
+        except BaseException:
+            if fresh:
+                _undo(settings, st)
+            raise
         return st
+
+
+def _start(settings: Settings, st: StackState, say: Notify) -> None:
+    """Start the embedded Redis and Ray head of a new stack (the caller holds the lock)."""
+    if settings.redis.url is None:
+        say("starting redis-server")
+        services.start_redis(settings, st)
+    if settings.ray.address is None:
+        say("starting the Ray head (takes a few seconds)")
+        services.start_ray(settings, st)
+    state.write(settings, st)
+
+
+def _undo(settings: Settings, st: StackState) -> None:
+    """Stop what a failed start started, and forget it."""
+    log.warning("starting the stack in %s failed: stopping what it started", settings.home)
+    try:
+        services.stop(st)
+    finally:
+        state.forget(settings)
 
 
 def heal(settings: Settings, st: StackState, deploy: bool = True) -> list[str]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 from pydantic import BaseModel
@@ -14,6 +14,7 @@ from orchestrator import keys
 from orchestrator.errors import StackError
 from orchestrator.objects import open_objects
 from orchestrator.records import open_records
+from orchestrator.secrets import redact, redact_text
 from orchestrator.settings import Settings
 from orchestrator.stack import processes, state
 from orchestrator.stack.services import redis_ok
@@ -29,7 +30,12 @@ class Component(BaseModel):
 
 
 def health(settings: Settings) -> list[Component]:
-    """Each component with whether it answers and where it is."""
+    """Each component with whether it answers and where it is (no credential shown)."""
+    shown = _components(settings)
+    return [c.model_copy(update={"detail": redact_text(c.detail)}) for c in shown]
+
+
+def _components(settings: Settings) -> list[Component]:
     st = state.read(settings)
     try:
         resolved = state.resolve(settings, st)
@@ -72,11 +78,38 @@ def health(settings: Settings) -> list[Component]:
 def _ray(resolved: Settings, st: StackState | None) -> list[Component]:
     address = resolved.ray.address or ""
     ok = processes.port_open(st.gcs_port) if st and st.gcs_port else bool(address)
-    out = [Component(name="ray", ok=ok, detail=f"gcs {address}")]
+    token = resolved.ray.auth_token_file
+    auth = ", token authentication" if token else ""
+    out = [Component(name="ray", ok=ok, detail=f"gcs {address}{auth}")]
     if st and st.dashboard_url:
-        dashboard_ok = processes.http_ok(st.dashboard_url)
+        dashboard_ok = _dashboard_ok(st.dashboard_url, token)
         out.append(Component(name="dashboard", ok=dashboard_ok, detail=st.dashboard_url))
+    out.append(_metrics(resolved, st))
     return out
+
+
+def _metrics(resolved: Settings, st: StackState | None) -> Component:
+    """Where Prometheus reads the metrics: the setting, else the embedded head's
+    endpoint, else each node's, as the controller found them on the cluster."""
+    known = resolved.ray.metrics_url or (st.metrics_url if st else None)
+    urls = [known] if known else (controller_beat(resolved.redis.url) or {}).get("metrics", [])
+    if not urls:
+        unknown = "unknown until the controller beats (or set WTM_RAY__METRICS_URL)"
+        return Component(name="metrics", ok=False, detail=unknown)
+    more = f" (+{len(urls) - 1} more nodes: Prometheus reads each)" if len(urls) > 1 else ""
+    return Component(name="metrics", ok=processes.http_ok(urls[0]), detail=urls[0] + more)
+
+
+def _dashboard_ok(url: str, token_file: Path | None) -> bool:
+    """Whether the dashboard's API answers: a page that needs the token, when the head
+    has one (its front page is open to anyone, so proves nothing about the token)."""
+    if token_file is None:
+        return processes.http_ok(url)
+    try:
+        token = token_file.read_text().strip()
+    except OSError:
+        return False
+    return processes.http_ok(f"{url}/api/version", {"Authorization": f"Bearer {token}"})
 
 
 def _control(url: str | None) -> list[Component]:
@@ -119,8 +152,3 @@ def _live_dispatchers(url: str | None) -> list[str]:
         return []
     r = redis.Redis.from_url(url)
     return sorted(k.decode() for k in r.scan_iter(match=keys.dispatcher_alive("*")))
-
-
-def redact(url: str | None) -> str:
-    """A URL with its credentials hidden ('' for none)."""
-    return re.sub(r"//[^@/]*@", "//***@", url or "")

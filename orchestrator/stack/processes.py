@@ -108,8 +108,10 @@ def port_open(port: int | None) -> bool:
     return False
 
 
-def http_ok(url: str) -> bool:
-    with contextlib.suppress(Exception), urllib.request.urlopen(url, timeout=2) as r:
+def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
+    """Whether url answers a GET with a success (a refusal, 4xx, is not one)."""
+    request = urllib.request.Request(url, headers=headers or {})
+    with contextlib.suppress(Exception), urllib.request.urlopen(request, timeout=2) as r:
         return r.status < 500
     return False
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import psutil
 import redis
 
+from orchestrator import cluster
 from orchestrator.errors import StackError
 from orchestrator.settings import Settings
-from orchestrator.stack import processes
+from orchestrator.stack import credentials, processes
 from orchestrator.stack.state import StackState
 
 
@@ -43,30 +44,46 @@ def stack_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "WTM_HOME": str(settings.home), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def ray_env(settings: Settings, token_file: Path) -> dict[str, str]:
+    """The Ray head's environment, and so that of every Ray process of it, task code's
+    included: token authentication on with this stack's token, and none of the
+    ``WTM_*`` settings (credentials among them) the caller's environment may hold;
+    the control plane gets its settings as arguments, replicas only what they need."""
+    env = {k: v for k, v in stack_env(settings).items() if not k.startswith("WTM_")}
+    env["WTM_HOME"] = str(settings.home)
+    return cluster.with_auth(env, token_file)
+
+
 def start_redis(settings: Settings, state: StackState) -> None:
     """A redis-server with AOF on, bound to localhost, its data under the home.
 
     It takes the port the state already names (a restart: same port, and the
-    AOF in the same folder brings every stream back), else a free one.
+    AOF in the same folder brings every stream back), else a free one. It asks
+    for the stack's password, given in a config file only the owner reads (a
+    command line is anyone's to see).
     """
     folder = settings.home / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     port = state.ports.get("redis") or processes.free_port()
+    state.ports["redis"] = port  # before it starts: a start that fails finds it by its port
     pidfile = folder / "redis.pid"
     pidfile.unlink(missing_ok=True)
+    password = credentials.redis_password(settings)
+    conf = folder / "redis.conf"
+    credentials.private_file(conf, f"requirepass {password}\n")
     cmd = [
         redis_binary(),
+        str(conf),
         *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)),
         *("--appendonly", "yes", "--daemonize", "yes", "--save", ""),
         *("--pidfile", str(pidfile), "--logfile", str(folder / "redis.log")),
     ]
     processes.run(cmd, "redis-server", env=stack_env(settings))
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     processes.wait_for(
         lambda: redis_ok(url) and pidfile.exists(), "redis-server", folder / "redis.log", 60
     )
     state.redis_url, state.redis_pid = url, int(pidfile.read_text().strip())
-    state.ports["redis"] = port
 
 
 def redis_ok(url: str | None) -> bool:
@@ -94,32 +111,36 @@ def _ray_binary() -> str:
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
 
 
-_RAY_PORTS = ("ray_gcs", "ray_dashboard", "ray_client", "ray_agent")
+_RAY_PORTS = ("ray_gcs", "ray_dashboard", "ray_client", "ray_agent", "ray_metrics")
 
 
 def start_ray(settings: Settings, state: StackState) -> None:
     """A Ray head on localhost with its dashboard, on ports of its own (the ones the
-    state already names, for a restart)."""
+    state already names, for a restart), with token authentication on and the
+    stack's own token (whatever ``~/.ray/auth_token`` holds)."""
     temp_dir = _ray_temp_dir(settings.home)
-    if all(state.ports.get(p) for p in _RAY_PORTS):
-        gcs, dashboard, client, agent = (state.ports[p] for p in _RAY_PORTS)
-    else:
-        gcs, dashboard, client, agent = processes.free_ports(4)
+    known = [state.ports.get(p) for p in _RAY_PORTS]  # a stack.json of an older version lacks some
+    free = iter(processes.free_ports(known.count(None)))
+    gcs, dashboard, client, agent, metrics = (port or next(free) for port in known)
+    token = credentials.ray_token_file(settings)
+    # Recorded before it starts: a start that fails finds what it left by these.
+    state.ray_temp_dir, state.gcs_port, state.ray_token_file = str(temp_dir), gcs, str(token)
     cmd = [
         _ray_binary(),
         *("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs)),
         *("--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)),
         *("--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent)),
+        *("--metrics-export-port", str(metrics)),  # Prometheus reads Ray's and wtm's metrics here
         *("--temp-dir", str(temp_dir), "--disable-usage-stats", "--include-dashboard", "true"),
     ]
     if settings.ray.num_cpus is not None:
         cmd += ["--num-cpus", str(settings.ray.num_cpus)]
-    output = processes.run(cmd, "ray start", env=stack_env(settings), timeout=120)
+    output = processes.run(cmd, "ray start", env=ray_env(settings, token), timeout=120)
     match = re.search(r"ray start --address='([^']+)'", output)
     state.ray_address = match.group(1) if match else f"127.0.0.1:{gcs}"
-    state.ray_temp_dir, state.gcs_port = str(temp_dir), gcs
     state.dashboard_url = f"http://127.0.0.1:{dashboard}"
-    state.ports.update(ray_gcs=gcs, ray_dashboard=dashboard, ray_client=client, ray_agent=agent)
+    state.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
+    state.ports.update(zip(_RAY_PORTS, (gcs, dashboard, client, agent, metrics), strict=True))
 
 
 # this stack's processes ----------------------------------------------------------

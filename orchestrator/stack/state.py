@@ -25,6 +25,8 @@ class StackState(BaseModel):
     ray_temp_dir: str | None = None
     gcs_port: int | None = None
     dashboard_url: str | None = None
+    metrics_url: str | None = None  # the Ray head's Prometheus endpoint
+    ray_token_file: str | None = None  # the head's auth token (see stack.credentials)
     ports: dict[str, int] = Field(default_factory=dict)
     dispatchers: list[str] = Field(default_factory=list)
     supervisor_pid: int | None = None
@@ -44,10 +46,16 @@ def read(settings: Settings) -> StackState | None:
 
 
 def write(settings: Settings, state: StackState) -> None:
-    """Replace the recorded state at once (a reader sees the old file or the new one)."""
+    """Replace the recorded state at once (a reader sees the old file or the new one).
+
+    Only the owner may read it: the Redis URL in it holds the stack's password.
+    """
     target = path(settings)
     tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.model_dump(), indent=2))
+    tmp.unlink(missing_ok=True)  # an older one may be readable by others
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(state.model_dump(), indent=2))
     os.replace(tmp, target)
 
 
@@ -76,4 +84,6 @@ def resolve(settings: Settings, state: StackState | None = None) -> Settings:
         update.redis.url = state.redis_url
     if update.ray.address is None:
         update.ray.address = state.ray_address
+        if state.ray_token_file and update.ray.auth_token_file is None:
+            update.ray.auth_token_file = Path(state.ray_token_file)
     return update
