@@ -90,17 +90,21 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 WORKDIR /app
 
-# Example task packages and sample images, so `wtm demo` and
-# `wtm task register task_pkgs/...` work in the CLI container. The images are
+# Example task packages, pipelines and sample images, so `wtm demo` and
+# `wtm task register task_pkgs/...` work in any container of the image (the
+# compose CLI mounts your checkout's over them). The images are
 # also on every Ray node at the same absolute path, which matters because a
 # replica reads `*_path` inputs from its own filesystem.
 COPY --chown=ray:ray task_pkgs ./task_pkgs
+COPY --chown=ray:ray pipelines ./pipelines
 COPY --chown=ray:ray data ./data
 
 # /shared: mount point for a volume shared by the CLI and every Ray node
 # (docker-compose.yml) so user input files are readable by any replica.
-RUN mkdir -p /var/lib/wtm /shared /app/pipelines \
- && chown ray:ray /var/lib/wtm /shared /app /app/pipelines
+# /var/lib/wtm/logs: every wtm process's log file; compose mounts one volume
+# there on every container (a new volume takes this folder's owner).
+RUN mkdir -p /var/lib/wtm/logs /shared /app/pipelines \
+ && chown ray:ray /var/lib/wtm /var/lib/wtm/logs /shared /app /app/pipelines
 
 USER ray
 
