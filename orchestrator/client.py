@@ -289,13 +289,17 @@ class Client:
         submits none), and the jobs reach their stream in one Redis round trip.
         """
         found = self._target(target, version, kind)
-        built = [self._new(found, document, priority, cwd, cache) for document in inputs]
+        # Every input validated before any file is uploaded: a bad one leaves nothing.
+        built = [self._new(found, doc, priority, cwd, cache, upload=False) for doc in inputs]
+        if not built:
+            return []
         r = self._queue()
         executions = [execution for execution, _ in built]
         for execution in executions:
+            execution.input = upload_files(execution.input, self.objects)
             self._offload(execution)
             execution.submitted_at = time.time()
-        self.records.insert_executions(executions)  # one transaction
+        self.records.insert_executions(executions)  # one transaction on SQLite
         try:
             enqueue_many(r, [QueuedJob.of(execution, plan) for execution, plan in built])
         except BaseException as e:
@@ -320,7 +324,7 @@ class Client:
         ``progress`` shows a bar (default: in a notebook only); ``timeout``
         bounds the whole wait (then :class:`~orchestrator.errors.WaitTimeout`).
         """
-        jobs = list(jobs)
+        jobs = list(dict.fromkeys(jobs))  # each job once, however often it is given
         with progress_bar(len(jobs), "executions", progress) as bar:
             for job in finished(self, jobs, timeout):
                 bar.advance(job.status)
@@ -593,14 +597,16 @@ class Client:
         priority: int | None,
         cwd: Path | None,
         cache: bool = True,
+        upload: bool = True,
     ) -> tuple[ExecutionRecord, Plan]:
-        """A queued record and its plan, the input validated (files uploaded)."""
+        """A queued record and its plan, the input validated (its files uploaded,
+        unless ``upload=False``: then the caller uploads them)."""
         if priority is not None and not 1 <= priority <= 10:
             raise InputError(f"priority {priority}: must be from 1 (low) to 10 (high)")
         if isinstance(found, TaskRecord):
-            execution, plan = self._new_task_execution(found, input_data, priority, cwd)
+            execution, plan = self._new_task_execution(found, input_data, priority, cwd, upload)
         else:
-            execution, plan = self._new_pipeline_execution(found, input_data, priority, cwd)
+            execution, plan = self._new_pipeline_execution(found, input_data, priority, cwd, upload)
         if not cache and plan.caching:
             plan = plan.model_copy(update={"caching": False})
         return execution, plan
@@ -626,7 +632,12 @@ class Client:
         return found
 
     def _new_task_execution(
-        self, record: TaskRecord, input_data: Any, priority: int | None, cwd: Path | None
+        self,
+        record: TaskRecord,
+        input_data: Any,
+        priority: int | None,
+        cwd: Path | None,
+        upload: bool = True,
     ) -> tuple[ExecutionRecord, Plan]:
         plan = task_plan(record, self.settings)
         queue, priority = task_queue(record, self.settings, priority)
@@ -637,14 +648,19 @@ class Client:
             version=record.version,
             priority=priority,
             queue=queue,
-            input=self._task_input(record, input_data, cwd),
+            input=self._task_input(record, input_data, cwd, upload),
             submitted_at=time.time(),
             steps=plan.pending_steps(),
         )
         return execution, plan
 
     def _new_pipeline_execution(
-        self, record: PipelineRecord, input_data: Any, priority: int | None, cwd: Path | None
+        self,
+        record: PipelineRecord,
+        input_data: Any,
+        priority: int | None,
+        cwd: Path | None,
+        upload: bool = True,
     ) -> tuple[ExecutionRecord, Plan]:
         spec = record.spec
         plan = compile_plan(spec, self.records.get_task, self.settings)  # tasks may have changed
@@ -661,7 +677,7 @@ class Client:
             version=record.version,
             priority=priority or spec.priority,
             queue=spec.queue,
-            input=upload_files(document, self.objects),
+            input=upload_files(document, self.objects) if upload else document,
             submitted_at=time.time(),
             steps=plan.pending_steps(),
         )

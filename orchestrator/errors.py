@@ -130,10 +130,8 @@ class ExecutionFailed(OrchestratorError):
 
     def __init__(self, record):  # record: ExecutionRecord
         error = record.error
-        kind, message = (error.type, error.message) if error else ("Error", "")
-        super().__init__(
-            f"execution {record.execution_id} {record.status.value}: {kind}: {message}"
-        )
+        said = f": {error.type}: {error.message}" if error else ""
+        super().__init__(f"execution {record.execution_id} {record.status.value}{said}")
         self.record = record
 
 

@@ -125,7 +125,10 @@ class Job:
 
     def __repr__(self) -> str:
         record = self._ended
-        state = f"{record.status} in {record.duration:.3f}s" if record and record.duration else ""
+        state = ""
+        if record is not None:
+            took = f" in {record.duration:.3f}s" if record.duration is not None else ""
+            state = f"{record.status}{took}"
         return f"<Job {self.id} {self.target or ''}{': ' + state if state else ''}>"
 
     def __str__(self) -> str:

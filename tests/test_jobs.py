@@ -98,6 +98,29 @@ def test_map_validates_every_input_before_submitting_any(client, square):
     assert len(client.executions(target=square, limit=10_000)) == before
 
 
+def test_map_uploads_no_file_when_a_later_input_is_refused(client, tmp_path):
+    import hashlib
+    import uuid
+
+    from orchestrator import keys
+
+    schema = {
+        "type": "object",
+        "properties": {"a_path": {"type": "string"}, "n": {"type": "integer"}},
+        "required": ["a_path", "n"],
+    }
+    client.register_task(make_task(tmp_path, "mapped_files", "return {}", input_schema=schema))
+    first = tmp_path / "first.bin"
+    first.write_bytes(uuid.uuid4().bytes)
+    key = keys.input_key(hashlib.sha256(first.read_bytes()).hexdigest(), first.name)
+
+    with pytest.raises(ValidationError, match="mapped_files input"):
+        client.map(
+            "mapped_files", [{"a_path": str(first), "n": 1}, {"a_path": str(first), "n": "x"}]
+        )
+    assert not client.objects.exists(keys.DATA_BUCKET, key)
+
+
 def test_gather_raises_the_first_failure_unless_asked_to_return_it(client, square):
     jobs = client.map(square, [{"n": 1}, {"n": 2, "fail": True}, {"n": 3}])
     with pytest.raises(ExecutionFailed, match="refused 2"):
