@@ -12,6 +12,7 @@ import redis
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -42,7 +43,7 @@ class CleanErrors(TyperGroup):
 
 
 def _error(message: str) -> None:
-    shown = redact_text(message)  # a URL quoted in an error keeps its password hidden
+    shown = escape(redact_text(message))  # a quoted URL keeps its password hidden
     err_console.print(f"[red]Error:[/red] {shown}", markup=True, highlight=False, soft_wrap=True)
 
 

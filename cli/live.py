@@ -37,13 +37,12 @@ def follow(job: Job, timeout: float | None) -> ExecutionRecord:
     :class:`~orchestrator.errors.Detached` on Ctrl-C (the execution goes on).
     """
     since = time.monotonic()
-    record = job.record
+    shown = [job.record]  # what the display draws, redrawn by Live four times a second
     try:
-        with Live(_view(record, since), console=console, transient=True) as live:
+        with Live(get_renderable=lambda: _view(shown[0], since), console=console, transient=True):
             for event in job.events(timeout):
                 # A step event carries no record (nor does a terminal one too large to publish).
-                record = event.record or job.client.execution(job.id)
-                live.update(_view(record, since))
+                shown[0] = event.record or job.client.execution(job.id)
     except KeyboardInterrupt as e:
         raise Detached(job.id) from e
     return job.wait()  # ended: kept by the handle, no read
@@ -62,8 +61,8 @@ def show_outcome(job: Job, timeout: float | None, as_json: bool) -> None:
             soft_wrap=True,
         )
         raise typer.Exit(130) from e
-    except WaitTimeout as e:
-        record = e.record if e.record is not None else job.record
+    except WaitTimeout:
+        record = job.record  # as it is now: the one the wait last read may be older
     show_record(record, as_json)
     if record.kind == "pipeline" and not as_json:
         console.print(steps_table(record))
