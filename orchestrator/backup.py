@@ -265,6 +265,7 @@ def _prepared(folder: Path, force: bool) -> Path:
             shutil.rmtree(folder / part, ignore_errors=True)
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # it holds every input and result
+        folder.chmod(0o700)  # mkdir's mode does not apply to a folder that was there
     except OSError as e:
         raise BackupError(f"backup folder {folder}: {e.strerror}") from e
     return folder

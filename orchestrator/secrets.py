@@ -16,8 +16,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # models import this module: it imports nothing of the package at run time
     from orchestrator.settings import Settings
 
-# scheme://userinfo@ : the userinfo is everything up to the last '@' before the path.
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]*@")
+# scheme://userinfo@ : everything up to the last '@' of the URL (a password may
+# hold an unescaped '@' or '/'; hiding too much of an odd URL is the safe side).
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)\S*@")
+# Credentials passed as query parameters (redis://host/0?password=...).
+_QUERY = re.compile(
+    r"(?P<key>[?&](?:password|passwd|pwd|pass|secret|secret_key|access_key|token)=)[^&\s]*",
+    re.IGNORECASE,
+)
 MASK = "***"
 
 
@@ -28,7 +34,8 @@ def redact(url: str | None) -> str:
 
 def redact_text(text: str) -> str:
     """Text with the credentials of every URL in it hidden."""
-    return _USERINFO.sub(rf"\g<scheme>{MASK}@", text)
+    text = _USERINFO.sub(rf"\g<scheme>{MASK}@", text)
+    return _QUERY.sub(rf"\g<key>{MASK}", text)
 
 
 def for_replicas(settings: Settings) -> Settings:

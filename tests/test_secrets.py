@@ -29,6 +29,10 @@ from tests.private_stack import running, shell_env, wtm
             "mongodb://***@db:27017/?authSource=admin",
         ),
         ("mongodb+srv://u:p@cluster.example.com/db", "mongodb+srv://***@cluster.example.com/db"),
+        ("rediss://default:pw@cache.example.com:6380/0", "rediss://***@cache.example.com:6380/0"),
+        ("mongodb://u:ab/cd@db:27017/", "mongodb://***@db:27017/"),  # a '/' left unescaped
+        ("mongodb://reader@db/ai_worker", "mongodb://***@db/ai_worker"),  # a user alone
+        ("redis://h:6379/0?password=s3cret&db=1", "redis://h:6379/0?password=***&db=1"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("http://127.0.0.1:8265", "http://127.0.0.1:8265"),
         (None, ""),
