@@ -6,6 +6,8 @@ temporary WTM_HOME; tests isolate themselves by using their own task ids.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,12 +80,9 @@ def free_port() -> int:
     return pick()
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> str:
-    """``host:port`` of an S3-compatible server (moto) shared by the session.
-
-    Tests keep apart by bucket names of their own (MinioObjectStore's bucket_prefix).
-    """
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """An S3-compatible server (moto) on a free port: its ``host:port``."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -93,3 +92,13 @@ def s3_endpoint() -> str:
         yield f"{host}:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """``host:port`` of an S3-compatible server shared by the session.
+
+    Tests keep apart by bucket names of their own (MinioObjectStore's bucket_prefix).
+    """
+    with moto_server() as endpoint:
+        yield endpoint

@@ -9,13 +9,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from orchestrator import stack
 from orchestrator.records import open_records
 from orchestrator.secrets import for_replicas, redact, redact_text
 from orchestrator.settings import Settings
 from orchestrator.testing import write_task
+from tests.conftest import moto_server
 from tests.private_stack import running, shell_env, wtm
 
 
@@ -68,13 +68,8 @@ def test_replicas_get_settings_without_the_records_redis_or_ray_credentials(tmp_
 @pytest.fixture
 def s3():
     """An S3 server of this test's own (moto), its keys checked by nobody but us."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def test_no_password_shows_in_any_output_record_or_log(tmp_path, s3):
