@@ -42,6 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import say, stop_stack  # noqa: E402
+
 from orchestrator import Client, cluster, stack  # noqa: E402
 from orchestrator.models import ExecutionStatus  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
@@ -57,10 +59,6 @@ GROUP_EDGE = 0.2  # seconds A and D sleep
 GROUP_RUNS = 3
 RESULTS = ROOT / "benchmarks" / "throughput.md"
 CHART = ROOT / "benchmarks" / "throughput.png"
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -332,13 +330,7 @@ def main() -> int:
         say("Celery ...")
         sides["Celery"] = celery_side(home / "celery")
     finally:
-        if client is not None:
-            client.close()
-        with contextlib.suppress(Exception):
-            import ray
-
-            ray.shutdown()
-        stack.down(settings)
+        stop_stack(client, settings)
         shutil.rmtree(home, ignore_errors=True)
     text = report(sides, group, time.perf_counter() - started)
     RESULTS.write_text(text)

@@ -44,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import say, stop_stack  # noqa: E402
+
 from orchestrator import Client, cluster, stack  # noqa: E402
 from orchestrator.models import ExecutionStatus  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
@@ -62,10 +64,6 @@ SPIN_MS = 50  # the scale case's work per job
 SPIN_JOBS = 40
 RESULTS = ROOT / "benchmarks" / "workloads.md"
 CHART = ROOT / "benchmarks" / "workloads.png"
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def ok(record) -> None:
@@ -544,25 +542,14 @@ def main() -> int:
         r["arrays"] = arrays_ours(client, work)
         say("5. scale ...")
         r["scale"] = scale_ours(client, work)
-        client.close()
+        stop_stack(client, settings)  # the node clusters and Celery get the machine to themselves
         client = None
-        with contextlib.suppress(Exception):
-            import ray
-
-            ray.shutdown()
-        stack.down(settings)  # the node clusters and Celery get the machine to themselves
         say("5. one Ray node against two ...")
         r["nodes"] = scale_nodes(home)
         say("Celery: the face flow and the array chain ...")
         r["celery"] = celery_side(home / "celery")
     finally:
-        if client is not None:
-            client.close()
-        with contextlib.suppress(Exception):
-            import ray
-
-            ray.shutdown()
-        stack.down(settings)
+        stop_stack(client, settings)
         shutil.rmtree(home, ignore_errors=True)
     text = report(r, time.perf_counter() - started)
     RESULTS.write_text(text)
