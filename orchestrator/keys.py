@@ -48,6 +48,9 @@ def dispatcher_alive(consumer: str) -> str:
 
 #: Expiring key the controller refreshes with its replica sets; `wtm health` reads it.
 CONTROLLER_ALIVE = f"{PREFIX}:alive:controller"
+# Every replica start and stop, with why (`wtm worker status`): the newest REPLICA_EVENTS_KEPT.
+REPLICA_EVENTS = f"{PREFIX}:replica-events"
+REPLICA_EVENTS_KEPT = 1000
 
 
 # Ray (named actors, all in the settings' namespace) --------------------------
@@ -77,6 +80,12 @@ def is_ours(actor_name: str) -> bool:
 def set_key(task_id: str, version: str) -> str:
     """How a replica set (one task version) is named between components."""
     return f"{task_id}@{version}"
+
+
+def parse_set_key(key: str) -> tuple[str, str]:
+    """The (task_id, version) a set key names (task ids hold no ``@``)."""
+    task_id, version = key.split("@", 1)
+    return task_id, version
 
 
 def replica_prefix(task_id: str, version: str) -> str:

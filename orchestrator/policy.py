@@ -108,6 +108,24 @@ def replicas_for(demand: int, per_replica: int) -> int:
     return -(-demand // per_replica) if demand > 0 else 0
 
 
+def scaling_demand(
+    demand: int, width: int, per_replica: int, pressed_for: float | None, upscale_delay: float
+) -> int:
+    """The demand a set is sized for now.
+
+    ``width`` is the most slots one running execution asks for at once (a
+    parallel group of k steps of the task: k): that many replicas' worth is
+    wanted at once, so one execution never waits on itself. More than that
+    only once demand has exceeded the set's replicas for ``upscale_delay``
+    seconds (``pressed_for``; None: it has not), as Ray Serve's autoscaler
+    waits before it scales up: a short burst runs on the replicas already
+    loaded instead of loading more.
+    """
+    if pressed_for is not None and pressed_for >= upscale_delay:
+        return demand
+    return min(demand, max(width, 1 if demand else 0) * per_replica)
+
+
 def desired_replicas(
     *,
     current: int,

@@ -79,7 +79,12 @@ class ControllerSettings(BaseModel):
     """How the controller scales replica sets and tells live replicas from dead ones."""
 
     period_s: float = 0.5  # control loop period
-    idle_timeout_s: float = 300.0  # scale an idle set down after this long
+    # An idle replica stops after this long (Ray Serve's downscale delay), or to make
+    # room for a set an execution needs; demand above what the replicas hold for
+    # upscale_delay_s adds replicas (Serve's upscale delay). One execution's own
+    # parallel steps of a task get their replicas at once.
+    idle_timeout_s: float = 600.0
+    upscale_delay_s: float = 30.0
     load_timeout_s: float = 600.0  # a replica must load its task within this
     heartbeat_s: float = 2.0  # replicas send their worker record to the controller this often
     probe_timeout_s: float = 5.0  # a replica that does not answer a probe within this is hung

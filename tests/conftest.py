@@ -29,11 +29,12 @@ def wtm_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def stack_settings(wtm_home) -> Settings:
     """Resolved settings of a running embedded stack, stopped after the session."""
-    # Short idle timeout and heartbeat so scaling down and status show up
-    # quickly; a short claim time so abandoned jobs are reclaimed within a test.
+    # Short idle timeout, upscale delay and heartbeat so scaling down, scaling up
+    # and status show up quickly; a short claim time so abandoned jobs are
+    # reclaimed within a test.
     settings = Settings(
         home=wtm_home,
-        controller={"idle_timeout_s": 4, "heartbeat_s": 1},
+        controller={"idle_timeout_s": 4, "upscale_delay_s": 2, "heartbeat_s": 1},
         dispatcher={"heartbeat_s": 1, "max_deliveries": 3},
     )
     try:

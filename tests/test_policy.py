@@ -7,12 +7,15 @@ import random
 import pytest
 
 from orchestrator.errors import FatalError, RetryableError, ValidationError
+from orchestrator.plan import Plan, PlannedStep
 from orchestrator.policy import (
     Level,
+    StepPolicy,
     classify,
     compute_backoff,
     desired_replicas,
     resolve_step_policy,
+    scaling_demand,
     should_retry,
 )
 from orchestrator.settings import StepSettings
@@ -54,6 +57,40 @@ def test_desired_replicas_scales_up_at_once_and_down_only_when_idle():
     assert desired_replicas(current=2, demand=0, idle_for=11, **kw) == 0
     assert desired_replicas(current=0, demand=0, idle_for=0, **{**kw, "low": 1}) == 1
     assert desired_replicas(current=1, demand=0, idle_for=0, pinned=3, **kw) == 3
+
+
+def test_a_burst_runs_on_the_loaded_replicas_until_it_lasts_the_upscale_delay():
+    # 5 calls of a task one replica takes one at a time, one execution needing one slot.
+    assert scaling_demand(5, 1, 1, pressed_for=None, upscale_delay=30) == 1
+    assert scaling_demand(5, 1, 1, pressed_for=12.0, upscale_delay=30) == 1
+    assert scaling_demand(5, 1, 1, pressed_for=30.0, upscale_delay=30) == 5  # it lasted
+    # A parallel group of 2 of its steps in one execution: two replicas' worth, at once.
+    assert scaling_demand(5, 2, 1, pressed_for=None, upscale_delay=30) == 2
+    assert scaling_demand(5, 2, 4, pressed_for=None, upscale_delay=30) == 5  # 2 x 4 slots
+    assert scaling_demand(0, 1, 1, pressed_for=None, upscale_delay=30) == 0
+
+
+def test_a_plan_asks_for_the_most_slots_of_each_task_one_stage_runs_at_once():
+    def planned(step_id, task_id, *deps):
+        return PlannedStep(
+            step_id=step_id,
+            task_id=task_id,
+            version="1",
+            package_sha256="s",
+            policy=StepPolicy(timeout=1, retries=0, backoff_base=0, backoff_max=0),
+            deps=deps,
+        )
+
+    steps = (
+        planned("a", "t"),
+        planned("b", "u", "a"),
+        planned("c", "u", "a"),
+        planned("d", "t", "b", "c"),
+    )
+    plan = Plan(kind="pipeline", target="p", version="1", steps=steps, max_parallel=10)
+    assert plan.slots() == {("t", "1"): 1, ("u", "1"): 2}  # b and c run side by side
+    assert plan.slots({"d"}) == {("t", "1"): 1}
+    assert plan.model_copy(update={"max_parallel": 1}).slots() == {("t", "1"): 1, ("u", "1"): 1}
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ def settings(home) -> Settings:
     base = Settings(
         home=home,
         dispatcher={"count": 2, "concurrency": 16, "heartbeat_s": 0.5},
-        controller={"heartbeat_s": 0.5, "idle_timeout_s": 120},
+        controller={"heartbeat_s": 0.5, "idle_timeout_s": 120, "upscale_delay_s": 2},
         records={"timeout_s": 1},
         client={"poll_s": 0.5},
     )

@@ -26,71 +26,35 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from orchestrator import keys, logs, metrics, retention
 from orchestrator.errors import NotFoundError, ReplicaUnavailable
-from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
+from orchestrator.models import WorkerRecord, WorkerState
 from orchestrator.objects import open_objects
-from orchestrator.policy import cluster_fit, desired_replicas, replicas_for
+from orchestrator.policy import cluster_fit, desired_replicas, replicas_for, scaling_demand
 from orchestrator.records import open_records
 from orchestrator.resilience import async_redis, redis_client
-from orchestrator.runtime import actors
+from orchestrator.runtime import actors, placement
 from orchestrator.runtime.replica import Replica
+from orchestrator.runtime.replica_set import (
+    ReplicaSet,
+    Why,
+    actor_options,
+    no_room,
+    unplaceable,
+)
 from orchestrator.runtime.router import ReplicaView
 from orchestrator.secrets import for_replicas
 from orchestrator.settings import Settings
-from orchestrator.taskspec import TaskSpec
 
 log = logging.getLogger("wtm.controller")
 
 # Control calls (ping, stats) have their own threads, so they are answered
 # while every task thread is busy.
 ReplicaActor = ray.remote(concurrency_groups={"control": 2})(Replica)
-
-
-def actor_options(spec: TaskSpec) -> dict[str, Any]:
-    """Ray actor options from a task's resources and replica settings."""
-    r = spec.resources
-    options: dict[str, Any] = {"max_concurrency": spec.calls_at_once}
-    if r.num_cpus is not None:
-        options["num_cpus"] = r.num_cpus
-    if r.num_gpus is not None:
-        options["num_gpus"] = r.num_gpus
-    if r.memory is not None:
-        options["memory"] = r.memory
-    if r.custom:
-        options["resources"] = dict(r.custom)
-    if spec.runtime_env:
-        options["runtime_env"] = spec.runtime_env
-    return options
-
-
-_RESOURCE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
-
-
-def placement_needs(spec: TaskSpec) -> dict[str, float]:
-    """What a node must have free to place a replica (Ray's names). An actor that
-    names no ``num_cpus`` needs one CPU to be placed, and holds none once running."""
-    r = spec.resources
-    needs = {"CPU": r.num_cpus if r.num_cpus is not None else 1.0, **r.custom}
-    if r.num_gpus:
-        needs["GPU"] = r.num_gpus
-    if r.memory:
-        needs["memory"] = float(r.memory)
-    return {k: v for k, v in needs.items() if v}
-
-
-def held_by(spec: TaskSpec) -> dict[str, float]:
-    """What one running replica of a task holds (freed when it is killed)."""
-    r = spec.resources
-    held = {"CPU": r.num_cpus or 0.0, "GPU": r.num_gpus or 0.0, **r.custom}
-    if r.memory:
-        held["memory"] = float(r.memory)
-    return {k: v for k, v in held.items() if v}
 
 
 def _pending(handle: Any) -> bool:
@@ -105,90 +69,31 @@ def _pending(handle: Any) -> bool:
     return info.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY")
 
 
-def _shortfall(needs: dict[str, float], free: dict[str, float]) -> dict[str, float]:
-    """How much of each resource is missing (needs minus free, where positive)."""
-    return {r: n - free.get(r, 0.0) for r, n in needs.items() if n - free.get(r, 0.0) > 1e-9}
-
-
-def unplaceable(task_id: str, options: dict[str, Any], nodes: list[dict]) -> str | None:
-    """Why no live node of the cluster can hold a replica with these options, or None.
-
-    Checked against each node's total resources (what it has, busy or not), so
-    a replica that only waits for others to free up is not refused. A cluster
-    that adds nodes on demand is not foreseen: a resource no node has yet is refused.
-    """
-    wanted = {_RESOURCE_NAMES[k]: v for k, v in options.items() if k in _RESOURCE_NAMES and v}
-    wanted.update(options.get("resources") or {})
-    if not wanted:
-        return None
-    totals = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
-    if any(all(t.get(r, 0) >= amount for r, amount in wanted.items()) for t in totals):
-        return None
-    names = {v: k for k, v in _RESOURCE_NAMES.items()}
-
-    def most(r: str) -> float:
-        return max((t.get(r, 0) for t in totals), default=0)
-
-    short = [
-        f"{names.get(r, r)} {amount:g} (the most a node has: {most(r):g})"
-        for r, amount in wanted.items()
-        if most(r) < amount
-    ] or [", ".join(f"{names.get(r, r)} {a:g}" for r, a in wanted.items()) + " on one node"]
-    return f"task {task_id} needs {'; '.join(short)}: no node of the cluster can place it"
-
-
-@dataclass
-class ReplicaSet:
-    """One task version's replicas, as the controller sees them."""
-
-    record: TaskRecord
-    ready: dict[str, Any] = field(default_factory=dict)  # routable replicas
-    starting: set[str] = field(default_factory=set)
-    started_at: dict[str, float] = field(default_factory=dict)  # starting replica -> when (epoch)
-    give_up: dict[str, asyncio.Event] = field(default_factory=dict)  # set: stop waiting for it
-    handles: dict[str, Any] = field(default_factory=dict)  # starting replica -> its handle
-    draining: dict[str, Any] = field(default_factory=dict)
-    next_index: int = 0
-    generation: int = 0
-    pinned: int | None = None
-    min_override: int | None = None
-    last_error: str | None = None
-    last_needed: float = field(default_factory=time.monotonic)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    silent: dict[str, int] = field(default_factory=dict)  # replica -> probes unanswered in a row
-
-    @property
-    def key(self) -> str:
-        return keys.set_key(self.record.task_id, self.record.version)
-
-    @property
-    def spec(self) -> TaskSpec:
-        return self.record.spec
-
-    @property
-    def low(self) -> int:
-        return max(self.spec.replicas.min, self.min_override or 0)
-
-    def bump(self) -> None:
-        self.generation += 1
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-
 class Controller:
-    """Owns the replica sets; dispatchers ask it for replicas and report demand."""
+    """Owns the replica sets; dispatchers ask it for replicas and report demand.
+
+    Sizing is one pass over every set (:meth:`_scale`), run each period and
+    whenever a set that is needed has no replica: the policy says how many
+    replicas each set wants (:func:`~orchestrator.policy.desired_replicas`),
+    and :mod:`~orchestrator.runtime.placement` says which of them start now
+    and which idle replicas give way. Every start and stop is noted with why
+    (:meth:`_note`): in the log, the metrics and ``wtm:replica-events``.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.cfg = settings.controller
         self.records = open_records(settings)
         self.sets: dict[str, ReplicaSet] = {}
-        self.reports: dict[str, tuple[float, dict[str, int]]] = {}
+        self.reports: dict[str, tuple[float, dict[str, tuple[int, int]]]] = {}
         self.redis = async_redis(settings.redis.url) if settings.redis.url else None
         self._loop_task: asyncio.Task | None = None
         self._prober: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._totals, self._totals_at = (1.0, 0.0), -CLUSTER_READ_S  # cluster CPUs, GPUs
+        self._totals: dict[str, float] = {"CPU": 1.0}
+        self._node_table: list[dict] = []
+        self._totals_at = -CLUSTER_READ_S
+        self._scaling = asyncio.Lock()
         # Worker records are written here, replicas' heartbeats included, one at a
         # time: a beat of a replica already marked dead or forgotten is dropped.
         self._workers_lock = asyncio.Lock()
@@ -209,26 +114,35 @@ class Controller:
         return {"pid": os.getpid(), "settings": actors.settings_digest(self.settings)}
 
     # API for dispatchers and the CLI -----------------------------------------
-    async def replicas(self, task_id: str, version: str, sha256: str | None = None) -> ReplicaView:
-        """The routable replicas of a set, starting one (and waiting) if none is.
+    async def replicas(
+        self, task_id: str, version: str, sha256: str | None = None, wait_s: float | None = None
+    ) -> ReplicaView:
+        """The routable replicas of a set, starting one if none is.
 
-        ``sha256`` is the package the caller expects: if the version was
-        re-registered (``--force``) the set's replicas are retired and new ones
-        load the new code.
+        Waits until one is ready, or at most ``wait_s``: then the view has no
+        handles and says what the set waits for (its ``phase``). ``sha256`` is
+        the package the caller expects: if the version was re-registered
+        (``--force``) the set's replicas are retired and new ones load the new code.
         """
         rs = await self._set(task_id, version)
         if sha256 and rs.record.sha256 != sha256:
             await self._renew(rs)
+        rs.asked_at = time.monotonic()  # demand until the caller's next report says so
         rs.last_error = None
+        if not rs.ready and not rs.starting:
+            await self._scale()
+        wait = self.cfg.load_timeout_s if wait_s is None else wait_s
+        deadline, phase = time.monotonic() + wait, rs.phase()
         while not rs.ready:
             if rs.last_error:
                 raise ReplicaUnavailable(f"no replica of {rs.key} could start: {rs.last_error}")
-            if not rs.starting:
-                self._start_replica(rs)
-                if rs.last_error:  # it cannot be placed: said at once, not after a timeout
-                    continue
-            await asyncio.wait_for(rs.changed.wait(), self.cfg.load_timeout_s)
-        return ReplicaView(rs.generation, dict(rs.ready), rs.spec.calls_at_once)
+            left = deadline - time.monotonic()
+            if left <= 0 or (wait_s is not None and rs.phase() != phase):
+                break  # a caller that waits a while is told as soon as the wait changes
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await rs.changed.wait()
+        return ReplicaView(rs.generation, dict(rs.ready), rs.spec.calls_at_once, rs.phase())
 
     async def worker_beat(self, worker: dict[str, Any]) -> None:
         """A replica's heartbeat: its worker record, written here for it (a replica,
@@ -236,20 +150,38 @@ class Controller:
         controller does not keep, or already retired, is not written."""
         record = WorkerRecord.model_validate(worker)
         async with self._workers_lock:
-            if record.worker_id in self._retired or not self._keeps(record.worker_id):
+            rs = self._set_of(record.worker_id)
+            if record.worker_id in self._retired or rs is None:
                 return
+            if record.worker_id in rs.starting and record.worker_id not in rs.loading:
+                # Placed and up, it loads its task: what placing it took is free again.
+                rs.loading.add(record.worker_id)
+                rs.bump()
+                self._background(self._scale())
             await asyncio.to_thread(self.records.put_worker, record)
 
-    def _keeps(self, name: str) -> bool:
-        return any(
-            name in rs.ready or name in rs.starting or name in rs.draining
-            for rs in self.sets.values()
-        )
+    def _set_of(self, name: str) -> ReplicaSet | None:
+        return next((rs for rs in self.sets.values() if rs.keeps(name)), None)
 
-    async def report(self, dispatcher: str, demand: dict[str, int]) -> dict[str, int]:
-        """A dispatcher's calls waiting or running per set; returns set generations."""
-        self.reports[dispatcher] = (time.monotonic(), demand)
+    async def report(self, dispatcher: str, demand: dict[str, Any]) -> dict[str, int]:
+        """A dispatcher's calls waiting or running per set and those its running plans
+        will make, with the most slots one execution needs at once (``[calls,
+        width]``, or just calls); returns set generations. A set needed now that has
+        no replica gets one at once, not at the next period."""
+        pairs = {k: tuple(v) if isinstance(v, list | tuple) else (v, 1) for k, v in demand.items()}
+        self.reports[dispatcher] = (time.monotonic(), pairs)
+        cold = [key for key, (n, _) in pairs.items() if n > 0 and self._cold(key)]
+        if cold:
+            async with self._scaling:  # every set of the plan known before one is sized
+                for key in cold:
+                    with contextlib.suppress(NotFoundError):  # deleted: nothing to start
+                        await self._set(*keys.parse_set_key(key))
+            await self._scale()
         return {key: rs.generation for key, rs in self.sets.items()}
+
+    def _cold(self, key: str) -> bool:
+        rs = self.sets.get(key)
+        return rs is None or not (rs.ready or rs.starting)
 
     async def replica_failed(self, key: str, name: str, reason: str) -> None:
         """A dispatcher saw a replica die or hang: kill it and replace it."""
@@ -257,11 +189,12 @@ class Controller:
         if rs is None or (name not in rs.ready and name not in rs.draining):
             return
         handle = rs.ready.pop(name, None) or rs.draining.pop(name)
+        rs.stopping_for.pop(name, None)
         rs.bump()
         await self._kill(handle)
         await self._mark_worker(name, WorkerState.DEAD)
-        log.warning("replica %s removed: %s", name, reason)
-        await self._reconcile(rs)
+        self._note("stopped", name, Why(_failure_kind(reason), reason), warn=True)
+        await self._scale()
 
     async def scale(self, task_id: str, version: str, count: int) -> int:
         """Pin a set to ``count`` replicas (`wtm worker scale`)."""
@@ -271,18 +204,57 @@ class Controller:
         rs.min_override = count
         if count == 0:
             rs.last_needed = 0.0
-        await self._reconcile(rs)
+        await self._scale()
         return count
 
     async def ensure(self, task_id: str, version: str, min_replicas: int) -> list[str]:
         """Keep at least ``min_replicas`` running and wait for them (`wtm worker start`)."""
         rs = await self._set(task_id, version)
         rs.min_override = min_replicas
-        await self._reconcile(rs)
+        await self._scale()
         deadline = time.monotonic() + self.cfg.load_timeout_s
         while len(rs.ready) < min(min_replicas, self._high(rs)) and time.monotonic() < deadline:
             await asyncio.wait_for(rs.changed.wait(), self.cfg.load_timeout_s)
         return sorted(rs.ready)
+
+    async def warm(self, wanted: list[tuple[str, str, int]], timeout_s: float) -> dict[str, Any]:
+        """Start replicas ahead of a burst (`wtm warm`): ``(task_id, version, n)`` each.
+
+        Each set is asked for ``n`` replicas (within its ``max`` and what the
+        cluster holds) and counted as needed until they are ready; then they
+        stay, like any replica, until idle for ``idle_timeout_s``. Returns when
+        every set has what it can have, or after ``timeout_s``: each set's
+        ready replicas and, where it has fewer than asked, why.
+        """
+        sets = []
+        for task_id, version, n in wanted:
+            rs = await self._set(task_id, version)
+            rs.warm, rs.last_error = max(rs.warm, n), None
+            sets.append((rs, n))
+        await self._scale()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not all(self._warmed(rs, n) for rs, n in sets):
+            await asyncio.sleep(WARM_CHECK_S)
+        report = {}
+        for rs, n in sets:
+            rs.warm, rs.last_needed = 0, time.monotonic()
+            short = None if len(rs.ready) >= n else rs.last_error or self._why_short(rs, n)
+            report[rs.key] = {"ready": sorted(rs.ready), "wanted": n, "short": short}
+        return report
+
+    def _warmed(self, rs: ReplicaSet, n: int) -> bool:
+        """Whether a set warmed to ``n`` has all it can have now."""
+        if len(rs.ready) >= min(n, self._high(rs)) or rs.last_error:
+            return True
+        # Short of room, nothing on its way that would make some: as warm as it gets.
+        moving = any(o.starting or o.draining for o in self.sets.values())
+        return not rs.starting and not moving
+
+    def _why_short(self, rs: ReplicaSet, n: int) -> str:
+        high = self._high(rs)
+        if high < n:
+            return f"at most {high} replicas (its replicas.max, or what the cluster holds)"
+        return "the cluster has no room for more replicas now"
 
     async def stop(self, task_id: str | None = None) -> list[str]:
         """Stop every replica of a task (or of all tasks) and forget the sets."""
@@ -292,6 +264,7 @@ class Controller:
                 for name, handle in [*rs.ready.items(), *rs.draining.items()]:
                     await self._kill(handle)
                     await self._forget_worker(name)
+                    self._note("stopped", name, Why("stopped", "stopped by `wtm worker stop`"))
                     stopped.append(name)
                 rs.ready.clear()
                 rs.draining.clear()
@@ -310,7 +283,8 @@ class Controller:
                 "pinned": rs.pinned,
                 "min": rs.low,
                 "max": self._high(rs),
-                "demand": self._demand(k),
+                "demand": self._demand(rs),
+                "waiting": str(rs.phase()) if not rs.ready and self._demand(rs) else None,
                 "last_error": rs.last_error,
             }
             for k, rs in sorted(self.sets.items())
@@ -322,28 +296,62 @@ class Controller:
             await asyncio.sleep(self.cfg.period_s)
             for rs in list(self.sets.values()):
                 try:
-                    await self._reconcile(rs)
                     await self._finish_draining(rs)
                 except Exception:
-                    log.exception("reconciling %s failed", rs.key)
+                    log.exception("draining %s failed", rs.key)
             try:
-                await self._make_room()
+                await self._scale()
+                await self._check_placed()
             except Exception:
-                log.exception("making room for unplaced replicas failed")
+                log.exception("sizing the replica sets failed")
             if self._prober is None or self._prober.done():  # one sweep at a time
                 self._prober = self._background(self._probe_all())
 
-    async def _reconcile(self, rs: ReplicaSet) -> None:
-        """Start or drain replicas until the set has the size policy wants."""
+    async def _scale(self) -> None:
+        """Size every set at once: start what policy wants and the cluster has room for
+        (first replicas of needed sets first), make room for a needed set's first
+        replica from idle ones, and drain what has been idle for ``idle_timeout_s``."""
+        async with self._scaling:
+            sets = list(self.sets.values())
+            snapshots = [self._snapshot(rs) for rs in sets]
+            free = placement.free_resources(self._cluster_totals(), snapshots)
+            granted = placement.grants(snapshots, free)
+            for rs in sets:
+                for _ in range(granted.get(rs.key, 0)):
+                    self._start_replica(rs, self._why_start(rs))
+            rooms = placement.make_room(snapshots, free, granted)
+            for target, stops in rooms.items():
+                why = Why("room", f"to make room for {target}")
+                for key, n in stops:
+                    for name in self.sets[key].drain(n, why):
+                        self._note("stopping", name, why)
+            self._mark_blocked(sets, snapshots, granted, rooms)
+            for rs, snap in zip(sets, snapshots, strict=True):
+                surplus = len(rs.ready) - snap.want
+                if surplus > 0:
+                    why = Why("idle", f"idle for {self.cfg.idle_timeout_s:g}s")
+                    if rs.pinned is not None:
+                        why = Why("pinned", f"scaled to {rs.pinned} by `wtm worker scale`")
+                    for name in rs.drain(surplus, why):
+                        self._note("stopping", name, why)
+
+    def _snapshot(self, rs: ReplicaSet) -> placement.SetSnapshot:
         now = time.monotonic()
-        current = len(rs.ready) + len(rs.starting)
-        demand = self._demand(rs.key)
+        demand, width = self._reported(rs)
         per_replica = rs.spec.calls_at_once
         if replicas_for(demand, per_replica) >= len(rs.ready):  # every ready replica is needed
             rs.last_needed = now
-        target = desired_replicas(
+        current = len(rs.ready) + len(rs.starting)
+        if replicas_for(demand, per_replica) > current:  # more than the set holds
+            rs.pressed_since = rs.pressed_since or now
+        else:
+            rs.pressed_since = None
+        pressed_for = None if rs.pressed_since is None else now - rs.pressed_since
+        want = desired_replicas(
             current=current,
-            demand=demand,
+            demand=scaling_demand(
+                demand, width, per_replica, pressed_for, self.cfg.upscale_delay_s
+            ),
             low=rs.low,
             high=self._high(rs),
             per_replica=per_replica,
@@ -351,12 +359,47 @@ class Controller:
             idle_timeout=self.cfg.idle_timeout_s,
             pinned=rs.pinned,
         )
-        for _ in range(target - current):
-            self._start_replica(rs)
-        surplus = len(rs.ready) - target
-        for name in sorted(rs.ready, key=keys.replica_index, reverse=True)[: max(surplus, 0)]:
-            rs.draining[name] = rs.ready.pop(name)
-            rs.bump()
+        urgent = now - rs.asked_at < self.cfg.report_ttl_s  # a call waits on it now
+        return rs.snapshot(want, demand, urgent)
+
+    def _why_start(self, rs: ReplicaSet) -> Why:
+        have = len(rs.ready) + len(rs.starting)
+        if rs.pinned is not None:
+            return Why("pinned", f"scaled to {rs.pinned} by `wtm worker scale`")
+        if have < rs.low:
+            return Why("min", f"keeps its min of {rs.low}")
+        if rs.warm:
+            return Why("warm", "warmed by `wtm warm`")
+        return Why("demand", f"{self._demand(rs)} calls waiting, running or planned")
+
+    def _mark_blocked(
+        self,
+        sets: list[ReplicaSet],
+        snapshots: list[placement.SetSnapshot],
+        granted: dict[str, int],
+        rooms: dict[str, Any],
+    ) -> None:
+        """Note which needed sets wait for room; fail at once the ones that never will."""
+        waiting = {s.key for s in placement.waiting_for_room(snapshots, granted)}
+        totals = self._cluster_totals()
+        for rs, snap in zip(sets, snapshots, strict=True):
+            blocked = rs.key in waiting
+            if blocked != rs.blocked:
+                rs.blocked = blocked
+                rs.bump()
+            if not blocked:
+                continue
+            # No node could ever hold it, or nothing that holds the room ever gives way.
+            error = unplaceable(rs.record.task_id, actor_options(rs.spec), self._nodes())
+            hopeless = rs.key not in rooms and not self._draining_any()
+            if error is None and hopeless and not placement.could_ever_fit(snap, snapshots, totals):
+                error = no_room(rs.spec, rs.record.task_id, snap.needs)
+            if error is not None:
+                rs.last_error = error
+                rs.bump()
+
+    def _draining_any(self) -> bool:
+        return any(rs.draining for rs in self.sets.values())
 
     async def _finish_draining(self, rs: ReplicaSet) -> None:
         """Kill drained replicas once they have nothing in flight."""
@@ -364,105 +407,31 @@ class Controller:
             stats = await self._probe(handle, "stats")
             if stats is None or stats.get("in_flight", 0) == 0:
                 rs.draining.pop(name, None)
+                why = rs.stopping_for.pop(name, Why("idle", "drained"))
                 await self._kill(handle)
                 await self._forget_worker(name)
+                self._note("stopped", name, why)
+                rs.bump()
 
-    async def _make_room(self) -> None:
-        """Replicas waiting for placement take the place of idle replicas of other sets.
-
-        A replica still starting after ``PLACEMENT_GRACE_S`` while the cluster
-        lacks what it needs to place it (Ray's available resources), and that
-        has not written its first worker record (so it is not loading), has idle
-        replicas of other sets drained for it, least recently needed first,
-        never below their ``min`` nor from a pinned set, until what they free
-        covers the shortfall. Ray's actor table must say it is still pending
-        creation. If it is the one replica its set's steps wait on and nothing
-        holding that resource could ever give way, it is given up at once,
-        naming the resource, instead of after ``load_timeout_s``.
-        """
+    async def _check_placed(self) -> None:
+        """A replica Ray has not placed long after it started, though the controller
+        counted room for it (something outside the system holds the resources):
+        its set is shown waiting for placement, and given up if it never could be."""
         now = time.time()
-        late = {
-            name: (rs, since)
-            for rs in self.sets.values()
-            for name, since in rs.started_at.items()
-            if now - since > PLACEMENT_GRACE_S
-        }
-        if not late:
-            return
-        workers = await asyncio.to_thread(self.records.list_workers)
-        placed = {
-            w.worker_id
-            for w in workers
-            if w.worker_id in late and (w.started_at or 0) >= late[w.worker_id][1] - 1
-        }
-        unplaced = [
-            (rs, name)
-            for name, (rs, _) in late.items()
-            if name not in placed
-            and name in rs.handles
-            and await asyncio.to_thread(_pending, rs.handles[name])
-        ]
-        if not unplaced:
-            return
-        free = await asyncio.to_thread(self._free_but_for_starting)
-        for rs, name in unplaced:
-            short = _shortfall(placement_needs(rs.spec), free)
-            if not short:  # it can be placed: it is loading
-                continue
-            for other in self.sets.values():  # what is draining already will free its part
-                for _ in other.draining:
-                    short = _shortfall(short, held_by(other.spec))
-            for other in sorted(self.sets.values(), key=lambda o: o.last_needed):
-                frees = held_by(other.spec)
-                while any(frees.get(r, 0) > 0 for r in short) and self._idle_above_min(
-                    other, exclude=rs
-                ):
-                    victim = max(other.ready, key=keys.replica_index)
-                    other.draining[victim] = other.ready.pop(victim)
-                    other.bump()
-                    log.info("draining idle %s to make room for %s", victim, name)
-                    short = _shortfall(short, frees)
-            alone = not rs.ready and len(rs.starting) == 1  # its steps wait on this one
-            if short and alone and not self._could_give_way(rs, short):
-                needs = ", ".join(f"{r} {n:g}" for r, n in sorted(placement_needs(rs.spec).items()))
-                rs.last_error = (
-                    f"task {rs.record.task_id} needs {needs} to start a replica; the cluster "
-                    f"has too little {', '.join(sorted(short))} free and no replica can give way"
-                )
-                if name in rs.give_up:  # still starting (its wait may have ended meanwhile)
-                    rs.give_up[name].set()
-
-    def _free_but_for_starting(self) -> dict[str, float]:
-        """The cluster's resources less what running replicas hold: what starting ones
-        can have. (Ray's available resources would count a replica that was placed
-        and is still starting as holding its share, and so as short of it.)"""
-        free = dict(ray.cluster_resources())
-        for rs in self.sets.values():
-            for _ in [*rs.ready, *rs.draining]:
-                for r, n in held_by(rs.spec).items():
-                    free[r] = free.get(r, 0.0) - n
-        return free
-
-    def _idle_above_min(self, rs: ReplicaSet, exclude: ReplicaSet) -> bool:
-        """Whether a set has a ready replica it could spare now."""
-        return (
-            rs is not exclude
-            and rs.pinned is None
-            and self._demand(rs.key) == 0
-            and len(rs.ready) > rs.low
-            and bool(rs.ready)
-        )
-
-    def _could_give_way(self, rs: ReplicaSet, short: dict[str, float]) -> bool:
-        """Whether some other set holds a short resource in replicas above its min
-        (busy now, they give way once idle), or is draining some."""
-        for other in self.sets.values():
-            holds = held_by(other.spec)
-            if other is rs or not any(holds.get(r, 0) > 0 for r in short):
-                continue
-            if other.draining or (other.pinned is None and len(other.ready) > other.low):
-                return True
-        return False
+        for rs in list(self.sets.values()):
+            late = [n for n, t in rs.started_at.items() if now - t > PLACEMENT_GRACE_S]
+            late = [n for n in late if n not in rs.loading and n in rs.handles]
+            unplaced = [n for n in late if await asyncio.to_thread(_pending, rs.handles[n])]
+            blocked = bool(unplaced) and not rs.ready
+            if blocked and not rs.blocked:
+                rs.blocked = True
+                rs.bump()
+            if unplaced and not rs.ready and len(rs.starting) == 1:
+                snap = self._snapshot(rs)
+                snapshots = [self._snapshot(o) for o in self.sets.values()]
+                if not placement.could_ever_fit(snap, snapshots, self._cluster_totals()):
+                    rs.last_error = no_room(rs.spec, rs.record.task_id, snap.needs)
+                    rs.give_up[unplaced[0]].set()
 
     async def _probe_all(self) -> None:
         """Replace ready replicas whose process is gone, or that stopped answering."""
@@ -562,9 +531,9 @@ class Controller:
         if record is None or record.sha256 == rs.record.sha256:
             return
         rs.record = record
-        rs.draining.update(rs.ready)
-        rs.ready.clear()
-        rs.bump()
+        why = Why("code", "its task was registered again with new code")
+        for name in rs.drain(len(rs.ready), why):
+            self._note("stopping", name, why)
 
     async def _adopt(self, rs: ReplicaSet) -> None:
         """Take over replicas a previous controller started (they are detached)."""
@@ -581,11 +550,11 @@ class Controller:
         if names:
             rs.bump()
 
-    def _start_replica(self, rs: ReplicaSet) -> None:
+    def _start_replica(self, rs: ReplicaSet, why: Why) -> None:
         options = actor_options(rs.spec)
-        why = unplaceable(rs.record.task_id, options, ray.nodes())
-        if why:  # no node could ever hold it: waiting for placement would wait forever
-            rs.last_error = why
+        unfit = unplaceable(rs.record.task_id, options, self._nodes())
+        if unfit:  # no node could ever hold it: waiting for placement would wait forever
+            rs.last_error = unfit
             rs.bump()
             return
         name = keys.replica_name(rs.record.task_id, rs.record.version, rs.next_index)
@@ -602,12 +571,15 @@ class Controller:
         rs.started_at[name] = time.time()
         rs.give_up[name] = asyncio.Event()
         rs.handles[name] = handle
+        rs.bump()
+        self._note("started", name, why)
         self._background(self._await_ready(rs, name, handle))
 
     async def _await_ready(self, rs: ReplicaSet, name: str, handle: Any) -> None:
-        """Wait until the replica answers, it fails, ``load_timeout_s`` passes, or
-        :meth:`_make_room` gives up on placing it (``rs.give_up``)."""
-        ping = asyncio.ensure_future(handle.ping.remote())
+        """Have the replica load its task and wait until it has, it fails,
+        ``load_timeout_s`` passes, or :meth:`_check_placed` gives up on placing it
+        (``rs.give_up``)."""
+        ping = asyncio.ensure_future(handle.load.remote())
         gave_up = asyncio.ensure_future(rs.give_up[name].wait())
         try:
             done, _ = await asyncio.wait(
@@ -624,7 +596,9 @@ class Controller:
             rs.last_error = why[:300]
             await self._kill(handle)
             await self._mark_worker(name, WorkerState.DEAD)
+            self._note("stopped", name, Why("failed", f"did not start: {rs.last_error}"), warn=True)
             rs.starting.discard(name)
+            rs.loading.discard(name)
             rs.bump()
             return
         finally:
@@ -633,12 +607,47 @@ class Controller:
             rs.give_up.pop(name, None)
             rs.handles.pop(name, None)
         rs.starting.discard(name)
+        rs.loading.discard(name)
         if self.sets.get(rs.key) is rs:
             rs.ready[name] = handle
         else:  # the set was stopped while this replica loaded: it must not linger
             await self._kill(handle)
             await self._forget_worker(name)
+            self._note("stopped", name, Why("stopped", "its set was stopped while it started"))
         rs.bump()
+        await self._scale()  # what placing it took is free again: another may start now
+
+    def _note(self, event: str, name: str, why: Why, warn: bool = False) -> None:
+        """A replica started, is stopping, or stopped, and why: logged, counted in the
+        metrics (starts and stops), and added to ``wtm:replica-events`` for
+        `wtm worker status`."""
+        (log.warning if warn else log.info)("replica %s %s: %s", name, event, why.text)
+        task_id, version = keys.replica_set_of(name)
+        if event != "stopping":
+            metrics.replica_event(task_id, event, why.kind)
+        if self.redis is not None:
+            entry = {
+                "at": time.time(),
+                "replica": name,
+                "task_id": task_id,
+                "version": version,
+                "event": event,
+                "kind": why.kind,
+                "reason": why.text,
+            }
+            self._background(self._append_event(entry))
+
+    async def _append_event(self, entry: dict[str, Any]) -> None:
+        assert self.redis is not None
+        try:
+            await self.redis.xadd(
+                keys.REPLICA_EVENTS,
+                {"event": json.dumps(entry)},
+                maxlen=keys.REPLICA_EVENTS_KEPT,
+                approximate=True,
+            )
+        except Exception as e:  # noqa: BLE001 - Redis restarting: the log line stays
+            log.info("replica event not recorded: %s", e)
 
     async def _kill(self, handle: Any, wait_s: float = 10.0) -> None:
         """Kill a replica and wait until it is gone, so no heartbeat of its lands after
@@ -661,29 +670,51 @@ class Controller:
         except (asyncio.TimeoutError, ray.exceptions.RayError):
             return None
 
-    def _demand(self, key: str) -> int:
+    def _demand(self, rs: ReplicaSet) -> int:
+        """Calls waiting, running or planned for the set, as dispatchers last reported
+        (a report counts for ``report_ttl_s``); at least one while a dispatcher's ask
+        for its replicas is that fresh, and what `warm` asked for until it is ready."""
+        return self._reported(rs)[0]
+
+    def _reported(self, rs: ReplicaSet) -> tuple[int, int]:
+        """(demand, width): see :meth:`_demand`; width is the most slots one execution
+        needs at once, or what `warm` asked for."""
         now = time.monotonic()
         ttl = self.cfg.report_ttl_s
-        return sum(d.get(key, 0) for t, d in self.reports.values() if now - t < ttl)
+        fresh = [d[rs.key] for t, d in self.reports.values() if now - t < ttl and rs.key in d]
+        asked = 1 if now - rs.asked_at < ttl else 0
+        demand = max(sum(n for n, _ in fresh), asked, rs.warm)
+        width = max([w for _, w in fresh] + [asked, rs.warm])
+        return demand, width
 
     def _high(self, rs: ReplicaSet) -> int:
         """The most replicas a set may have: its task's ``replicas.max``, else what the
         cluster holds (see :func:`~orchestrator.policy.cluster_fit`)."""
         high = rs.spec.replicas.max
         if high is None:
-            cpus, gpus = self._cluster_totals()
+            totals = self._cluster_totals()
             r = rs.spec.resources
-            high = cluster_fit(cpus, gpus, r.num_cpus, r.num_gpus)
+            high = cluster_fit(
+                totals.get("CPU", 1.0), totals.get("GPU", 0.0), r.num_cpus, r.num_gpus
+            )
         return max(high, rs.low)
 
-    def _cluster_totals(self) -> tuple[float, float]:
-        """The live cluster's CPUs and GPUs, read again every ``CLUSTER_READ_S``."""
+    def _cluster_totals(self) -> dict[str, float]:
+        """The live cluster's resources, read again every ``CLUSTER_READ_S``."""
+        self._read_cluster()
+        return self._totals
+
+    def _nodes(self) -> list[dict]:
+        """The cluster's nodes (Ray's node table), read again every ``CLUSTER_READ_S``."""
+        self._read_cluster()
+        return self._node_table
+
+    def _read_cluster(self) -> None:
         now = time.monotonic()
         if now - self._totals_at > CLUSTER_READ_S:
-            totals = ray.cluster_resources()
-            self._totals = (totals.get("CPU", 1.0), totals.get("GPU", 0.0))
+            self._totals = dict(ray.cluster_resources())
+            self._node_table = ray.nodes()
             self._totals_at = now
-        return self._totals
 
     async def _mark_worker(self, name: str, state: WorkerState) -> None:
         async with self._workers_lock:
@@ -708,10 +739,26 @@ class Controller:
         return task
 
 
+def _failure_kind(reason: str) -> str:
+    """The metrics' word for why a dispatcher had a replica replaced."""
+    for word, kind in _FAILURES:
+        if word in reason:
+            return kind
+    return "died"
+
+
+_FAILURES = (
+    ("cancel", "cancelled"),
+    ("timeout", "hung"),
+    ("hung", "hung"),
+    ("memory", "memory"),
+    ("load", "broken"),
+)
 _DEAD = object()
 HUNG_AFTER_PROBES = 3  # a replica that misses this many probes in a row is replaced
 CLUSTER_READ_S = 10.0  # how often the controller reads the cluster's size again
-PLACEMENT_GRACE_S = 2.0  # a replica not placed after this long may take idle replicas' place
+PLACEMENT_GRACE_S = 2.0  # a replica Ray has not placed after this long is shown waiting for room
+WARM_CHECK_S = 0.1  # `warm` checks this often whether its sets are ready
 
 
 class ControllerActor(Controller):

@@ -27,8 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 import statistics
 import threading
@@ -38,23 +36,21 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import psutil
 import ray
 
 from orchestrator import keys, logs
 from orchestrator.errors import (
     MemoryLimitExceeded,
-    NotFoundError,
     ReplicaUnavailable,
     TaskTimeoutError,
 )
 from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
 from orchestrator.objects import open_objects
-from orchestrator.outputs import restore, to_record
 from orchestrator.pipelines.mapping import step_input
 from orchestrator.policy import classify
 from orchestrator.runner import TaskRunner
+from orchestrator.runtime import cache
 from orchestrator.runtime.batching import Batcher
 from orchestrator.runtime.calls import Outcome, StepCall, failure
 from orchestrator.settings import Settings
@@ -90,26 +86,48 @@ class Replica:
         # Task bodies run here, so a call can stop waiting for one at its timeout.
         self._bodies = ThreadPoolExecutor(record.spec.calls_at_once + 2, "wtm-task")
         self._flights: dict[str, Future] = {}  # call_key -> the body running for it
-        self._beat(WorkerState.LOADING)
         self._objects = open_objects(settings)
+        self._package_cache = settings.package_cache
         self.runner: TaskRunner | None = None
         self.load_error: Exception | None = None
-        cache = settings.package_cache
         self._batcher: Batcher | None = None
+        self._loaded = threading.Event()
+        self._loading = threading.Lock()
+        threading.Thread(target=self._heartbeat_loop, daemon=True).start()
+
+    def load(self) -> str:
+        """Load the task and its model, once; returns the replica's name.
+
+        The controller calls this right after starting the replica, rather than
+        the constructor loading it: Ray's placement of the actor ends with its
+        constructor, so what placing it took (a CPU, for a task that names no
+        ``num_cpus``) is free again while the model loads, and replicas of
+        several tasks load side by side. A load that fails is reported on every
+        call instead.
+        """
+        with self._loading:
+            if not self._loaded.is_set():
+                self._beat(WorkerState.LOADING)
+                self._load()
+                self._loaded.set()
+                self._beat(WorkerState.BROKEN if self.load_error else WorkerState.IDLE)
+        return self.worker_id
+
+    def _load(self) -> None:
         try:
-            self.runner = TaskRunner.load(record, self._objects, cache)
+            self.runner = TaskRunner.load(self.record, self._objects, self._package_cache)
             self.runner.task.ensure_ready()  # the model loads here, once
-            batch = record.spec.batch
+            batch = self.record.spec.batch
             if batch and self.runner.task.batches:
                 self._batcher = Batcher(self.runner.run_batch, batch.max_size, batch.wait_ms / 1000)
         except Exception as e:  # noqa: BLE001 - reported on every call instead
             self.load_error = e
-        self._beat(WorkerState.BROKEN if self.load_error else WorkerState.IDLE)
-        threading.Thread(target=self._heartbeat_loop, daemon=True).start()
 
     def call(self, input_data: Any) -> Outcome:
         """Run the task on one input."""
         started = time.time()
+        if not self._loaded.is_set():  # adopted while it loaded: the load finishes first
+            self.load()
         if self.runner is None:
             outcome = self._failed(started, self.load_error, retryable=False)
             outcome.broken = True
@@ -144,11 +162,14 @@ class Replica:
             )
         except Exception as e:  # noqa: BLE001 - a mapping that reads nothing is fatal
             return self._failed(started, e, retryable=False), None
-        key = self._cache_key(document) if step.cache else None
-        for written in filter(None, (key, step.keep_as)):
+        key = None
+        if step.cache:
+            key = cache.key_of(self.record.task_id, self.record.sha256, document)
+        looked = filter(None, (None if step.looked_up else key, step.keep_as))
+        for written in looked:
             # A cached output, or one a redelivered step's replica finished after
             # its dispatcher died: not run again.
-            found = self._written(written)
+            found = cache.read(self._objects, written)
             if found is not None:
                 data, output = found
                 if step.keep_as and written == key:  # a hit is a finished step too
@@ -157,18 +178,8 @@ class Replica:
         outcome = self._timed(step, document, started)
         result, outcome.result = outcome.result, None
         if outcome.ok and (key or step.keep_as):
-            data = json.dumps(to_record(result, self._objects)).encode()
-            for target in filter(None, (key, step.keep_as)):
-                self._objects.put(keys.DATA_BUCKET, target, data)
+            cache.write(self._objects, result, *filter(None, (key, step.keep_as)))
         return outcome, result
-
-    def _written(self, key: str) -> tuple[bytes, Any] | None:
-        """A step output written under key (as recorded, and as the next steps get it)."""
-        try:
-            data = self._objects.get(keys.DATA_BUCKET, key)
-            return data, restore(json.loads(data), self._objects)
-        except NotFoundError:  # not there, or an array it names was pruned: run the step
-            return None
 
     def _timed(self, step: StepCall, document: Any, started: float) -> Outcome:
         """Run the body in its own thread and wait for it until the step's timeout.
@@ -236,11 +247,6 @@ class Replica:
         outcome.cache_hit = True
         return outcome
 
-    def _cache_key(self, document: Any) -> str:
-        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=_digest)
-        digest = hashlib.sha256(f"{self.record.sha256}\n{canonical}".encode()).hexdigest()
-        return keys.cache_key(self.record.task_id, digest)
-
     def _failed(self, started: float, e: BaseException, retryable: bool) -> Outcome:
         return failure(self.worker_id, started, e, retryable=retryable, node=self.node)
 
@@ -276,6 +282,8 @@ class Replica:
             )
 
     def _state(self) -> WorkerState:
+        if not self._loaded.is_set():
+            return WorkerState.LOADING
         if self.load_error is not None:
             return WorkerState.BROKEN
         return WorkerState.BUSY if self._stats.in_flight else WorkerState.IDLE
@@ -316,17 +324,6 @@ class _Reporter:
         if self._controller is None:
             self._controller = ray.get_actor(keys.CONTROLLER, namespace=self.namespace)
         self._last = self._controller.worker_beat.remote(record.model_dump(mode="json"))
-
-
-def _digest(value: Any) -> str:
-    """A stand-in for an array or bytes in a cache key: its content's digest."""
-    if isinstance(value, np.ndarray):
-        data = value.tobytes() + f"{value.dtype}{value.shape}".encode()
-    elif isinstance(value, bytes | bytearray):
-        data = bytes(value)
-    else:
-        return str(value)
-    return hashlib.sha256(data).hexdigest()
 
 
 MEMORY_SAMPLE_S = 0.01  # a running call samples its replica's memory this often

@@ -368,7 +368,8 @@ def test_a_parallel_group_of_one_task_runs_on_two_replicas_by_default(client, tm
     assert b.started_at < c.finished_at and c.started_at < b.finished_at  # in parallel
 
 
-def test_a_burst_scales_a_task_past_one_replica_without_any_setting(client, tmp_path):
+def test_a_burst_that_lasts_scales_a_task_past_one_replica_without_any_setting(client, tmp_path):
+    # 8 s of work for one replica: longer than the session stack's upscale delay (2 s).
     body = 'import os, time\ntime.sleep(1.0)\nreturn {"pid": os.getpid()}'
     client.register_task(make_task(tmp_path, "burst_default", body))  # no replicas section
 

@@ -1,5 +1,5 @@
 """The controller: the Ray options a task's resources become, what no node can place, and
-how idle replicas make room for one that cannot be placed."""
+how one sizing pass starts, keeps and stops replicas."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import time
 
 from orchestrator.models import ExecutionStatus, TaskRecord
 from orchestrator.runtime import controller as controller_module
-from orchestrator.runtime.controller import Controller, ReplicaSet, actor_options, unplaceable
+from orchestrator.runtime.controller import Controller
+from orchestrator.runtime.replica_set import ReplicaSet, actor_options, unplaceable
 from orchestrator.settings import Settings
 from orchestrator.taskspec import TaskSpec
 from tests.conftest import make_task
@@ -71,10 +72,12 @@ def test_a_task_asking_for_a_gpu_on_a_cpu_only_stack_fails_at_once_naming_it(cli
     assert "needs num_gpus 1 (the most a node has: 0)" in record.error.message
 
 
-# Making room: idle replicas give way to one that cannot be placed --------------
+# Sizing: every set in one pass, first replicas first, idle ones giving way ------
 
 
-def replica_set(task_id: str, num_cpus: float | None, ready: int = 0) -> ReplicaSet:
+def replica_set(
+    task_id: str, num_cpus: float | None, ready: int = 0, **replicas: int
+) -> ReplicaSet:
     record = TaskRecord(
         task_id=task_id,
         version="1",
@@ -88,86 +91,101 @@ def replica_set(task_id: str, num_cpus: float | None, ready: int = 0) -> Replica
             "version": "1",
             "entry_point": "task.Task",
             "resources": {"num_cpus": num_cpus} if num_cpus is not None else {},
+            "replicas": replicas,
         },
     )
     rs = ReplicaSet(record)
     rs.ready = {f"wtm:{task_id}@1#{n}": object() for n in range(ready)}
+    rs.next_index = ready
     return rs
 
 
-def make_room(tmp_path, monkeypatch, sets: list[ReplicaSet], cluster_cpus: float) -> None:
-    """Run one round of the controller's making room, the cluster's CPUs as given and
-    Ray's actor table saying the starting replicas are not placed."""
-    monkeypatch.setattr(controller_module.ray, "cluster_resources", lambda: {"CPU": cluster_cpus})
-    monkeypatch.setattr(controller_module, "_pending", lambda handle: True)  # Ray: not placed
+def scale_once(tmp_path, monkeypatch, sets, demand: dict[str, int], cpus: float = 2.0):
+    """One sizing pass on these sets, with this demand reported; returns the started
+    replicas' names (nothing is started on Ray: the start is recorded)."""
+    monkeypatch.setattr(controller_module.ray, "cluster_resources", lambda: {"CPU": cpus})
+    node = {"Alive": True, "Resources": {"CPU": cpus}}
+    monkeypatch.setattr(controller_module.ray, "nodes", lambda: [node])
     controller = Controller(Settings(home=tmp_path))  # no Redis: only its records are read
     controller.sets = {rs.key: rs for rs in sets}
+    started: list[str] = []
+
+    def start(rs, why):
+        name = f"wtm:{rs.key}#{rs.next_index}"
+        rs.next_index += 1
+        rs.starting.add(name)
+        started.append(name)
+
+    monkeypatch.setattr(controller, "_start_replica", start)
 
     async def once() -> None:
         for rs in sets:
             rs.changed = asyncio.Event()
-        await controller._make_room()
+        # Each set's demand, and the most of its slots one execution needs at once.
+        controller.reports["d"] = (time.monotonic(), {k: (n, n) for k, n in demand.items()})
+        await controller._scale()
 
     asyncio.run(once())
+    return started
 
 
-def waiting_to_be_placed(rs: ReplicaSet) -> str:
-    name = f"wtm:{rs.record.task_id}@1#9"
-    rs.starting.add(name)
-    rs.started_at[name] = time.time() - 10  # well past the grace, and no worker record
-    rs.give_up[name] = asyncio.Event()
-    rs.handles[name] = object()
-    return name
+def test_a_plan_taken_up_starts_every_stage_at_once_within_the_cluster(tmp_path, monkeypatch):
+    sets = [
+        replica_set("detect", None),
+        replica_set("attrs", 0.5),
+        replica_set("feats", 0.5),
+        replica_set("merge", 0.1),
+    ]
+    demand = {rs.key: 1 for rs in sets}  # one execution's plan: one slot of each
+
+    started = scale_once(tmp_path, monkeypatch, sets, demand)
+
+    # Three at once on 2 CPUs (detect needs a whole CPU to be placed); merge follows
+    # once detect is up, instead of waiting behind the others in Ray's queue.
+    assert sorted(started) == ["wtm:attrs@1#0", "wtm:detect@1#0", "wtm:feats@1#0"]
 
 
-def test_idle_replicas_of_other_sets_are_drained_until_what_they_free_is_enough(
-    tmp_path, monkeypatch
-):
+def test_idle_replicas_nothing_needs_make_room_for_a_needed_set(tmp_path, monkeypatch):
     hog = replica_set("hog", num_cpus=0.5, ready=4)  # the node's 2 CPUs, idle
     light = replica_set("light", num_cpus=None, ready=2)  # holds no CPU once placed
     detect = replica_set("detect", num_cpus=None)  # needs 1 CPU to be placed
-    name = waiting_to_be_placed(detect)
 
-    make_room(tmp_path, monkeypatch, [hog, light, detect], cluster_cpus=2.0)
+    started = scale_once(tmp_path, monkeypatch, [hog, light, detect], {detect.key: 1})
 
+    assert started == []  # no room yet: it starts once the drained replicas are gone
     assert len(hog.draining) == 2 and len(hog.ready) == 2  # 2 x 0.5 frees the 1 CPU
     assert light.draining == {}  # draining it would free nothing
-    assert not detect.give_up[name].is_set()
+    assert detect.blocked and detect.phase() == "placing"
+    assert {w.kind for w in hog.stopping_for.values()} == {"room"}
 
 
-def test_a_replica_nothing_can_give_way_to_is_given_up_naming_the_resource(tmp_path, monkeypatch):
+def test_a_needed_set_keeps_its_last_replica_while_another_waits(tmp_path, monkeypatch):
+    one = replica_set("one", num_cpus=1.0, ready=1)
+    two = replica_set("two", num_cpus=1.0, ready=1)
+    three = replica_set("three", num_cpus=1.0)
+    demand = {one.key: 1, two.key: 1, three.key: 1}
+
+    started = scale_once(tmp_path, monkeypatch, [one, two, three], demand)
+
+    assert started == [] and one.draining == {} and two.draining == {}
+    assert three.blocked and three.last_error is None  # they give way once not needed
+
+
+def test_a_replica_nothing_can_give_way_to_fails_at_once_naming_the_resource(tmp_path, monkeypatch):
     pinned = replica_set("pinned", num_cpus=1.0, ready=2)
     pinned.pinned = 2  # an operator's choice: never drained for another set
     detect = replica_set("detect", num_cpus=None)
-    name = waiting_to_be_placed(detect)
 
-    make_room(tmp_path, monkeypatch, [pinned, detect], cluster_cpus=2.0)
+    scale_once(tmp_path, monkeypatch, [pinned, detect], {detect.key: 1})
 
     assert pinned.draining == {}
-    assert detect.give_up[name].is_set()
     assert detect.last_error == (
         "task detect needs CPU 1 to start a replica; the cluster has too little CPU free "
         "and no replica can give way"
     )
 
 
-def test_a_replica_placed_and_still_starting_is_left_to_start(tmp_path, monkeypatch):
-    # One GPU, taken by this very replica while its process starts: nothing is short.
-    gpu = replica_set("gpu_task", num_cpus=None)
-    gpu.record.spec.resources.num_gpus = 1
-    other = replica_set("other", num_cpus=0.5, ready=2)
-    name = waiting_to_be_placed(gpu)
-    monkeypatch.setattr(controller_module.ray, "cluster_resources", lambda: {"CPU": 2, "GPU": 1})
-    monkeypatch.setattr(controller_module, "_pending", lambda handle: True)
-    controller = Controller(Settings(home=tmp_path))
-    controller.sets = {rs.key: rs for rs in (gpu, other)}
-
-    async def once() -> None:
-        for rs in (gpu, other):
-            rs.changed = asyncio.Event()
-        await controller._make_room()
-
-    asyncio.run(once())
-
-    assert not gpu.give_up[name].is_set() and gpu.last_error is None
-    assert other.draining == {}
+def test_a_parallel_group_of_one_task_gets_a_replica_per_step(tmp_path, monkeypatch):
+    pair = replica_set("pair", num_cpus=0.5, max=4)
+    started = scale_once(tmp_path, monkeypatch, [pair], {pair.key: 2})
+    assert len(started) == 2

@@ -56,7 +56,8 @@ def test_task_code_finds_no_records_or_redis_credentials_in_its_replica(client, 
 
 
 def test_replica_heartbeats_reach_the_records_through_the_controller(client, tmp_path):
-    client.register_task(make_task(tmp_path, "beats", 'return {"ok": True}'))
+    # min 1: kept however idle, so its worker record is there to watch.
+    client.register_task(make_task(tmp_path, "beats", 'return {"ok": True}', replicas={"min": 1}))
     record = client.run("beats", {}, timeout=120)
     assert record.status == ExecutionStatus.SUCCEEDED, record.error
     name = record.steps[0].worker_id
