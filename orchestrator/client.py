@@ -49,6 +49,7 @@ from orchestrator.models import (
     ExecutionRecord,
     ExecutionStatus,
     PipelineRecord,
+    ReplicaEvent,
     TaskRecord,
     WorkerRecord,
     new_execution_id,
@@ -66,7 +67,7 @@ from orchestrator.retention import Pruned, parse_duration, prune
 from orchestrator.runner import TaskRunner, validate_input
 from orchestrator.settings import Settings, load_settings
 from orchestrator.suggest import did_you_mean
-from orchestrator.workers import worker_status
+from orchestrator.workers import Workers, replica_events, worker_status
 
 Kind = Literal["task", "pipeline"]
 
@@ -246,6 +247,28 @@ class Client:
         if isinstance(found, TaskRecord):
             return task_plan(found, self.settings)
         return compile_plan(found.spec, self.records.get_task, self.settings)
+
+    def warm(
+        self,
+        target: str,
+        *,
+        version: str | None = None,
+        kind: Kind | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Start the replicas a task or pipeline needs, ahead of a burst; returns when
+        their models are loaded (`wtm warm`).
+
+        A pipeline gets one replica per task, and as many as a parallel group
+        runs of one task at once (within each task's ``max`` and what the
+        cluster holds). They stay, like any replica, until idle for
+        ``controller.idle_timeout_s``. Returns each set's ready replicas and,
+        where it has fewer than wanted, why. This process becomes a Ray
+        driver of the stack's cluster for the call.
+        """
+        slots = self.plan(target, version, kind).slots()
+        self.connect()
+        return Workers(self.settings).warm(slots, timeout)
 
     # executions --------------------------------------------------------------
     def submit(
@@ -579,6 +602,10 @@ class Client:
     def workers(self) -> list[WorkerRecord]:
         """Every replica's last heartbeat; silent ones are reported dead."""
         return worker_status(self.records, self.settings)
+
+    def replica_events(self, limit: int = 20, task_id: str | None = None) -> list[ReplicaEvent]:
+        """The newest replica starts and stops, each with why (``wtm worker events``)."""
+        return replica_events(self._queue(), limit, task_id)
 
     # steps -------------------------------------------------------------------
     def _task_input(

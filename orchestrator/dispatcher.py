@@ -2,11 +2,12 @@
 
 Each job goes through named steps::
 
-    read → start → drive → finish → ack → publish
+    read → drive → finish → ack → publish
 
-``start`` and ``finish`` are :mod:`~orchestrator.lifecycle` moves written
-through the :class:`~orchestrator.runtime.store.RecordsRunStore`; ``drive``
-is the :class:`~orchestrator.runtime.driver.Driver` running the job's plan.
+``drive`` is the :class:`~orchestrator.runtime.driver.Driver` running the
+job's plan (it starts the execution once a step of it can run); ``finish`` is
+the :mod:`~orchestrator.lifecycle` move written through the
+:class:`~orchestrator.runtime.store.RecordsRunStore`.
 
 Leases. A job leaves the stream's pending list only after its terminal record
 is written. Every entry a dispatcher reads is *held* from that moment: it
@@ -55,7 +56,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from orchestrator import keys, lifecycle, logs, metrics
-from orchestrator.errors import NotFoundError
+from orchestrator.errors import EndedElsewhere, NotFoundError
 from orchestrator.intake import Job
 from orchestrator.lifecycle import Event, Verdict
 from orchestrator.models import ErrorInfo, ExecutionRecord, ExecutionStatus
@@ -316,12 +317,13 @@ class Dispatcher:
             self._freed.set()
 
     async def _run(self, job: Job, claimed: bool) -> tuple[Event | None, ExecutionRecord | None]:
-        """start → drive → finish: how it ended, and the record as finished;
-        no event when there is nothing to run (it has ended: cancelled while queued).
+        """drive → finish: how it ended, and the record as finished; no event when there
+        is nothing to run (it has ended: cancelled while queued).
 
-        A first delivery starts from the record its job describes, with no read:
-        the "running" write is refused if a cancel ended it first. A delivery
-        taken over reads the record back, for the steps it finished.
+        A first delivery starts from the record its job describes, with no read;
+        the driver marks it running once a step can run, a write refused if a
+        cancel ended it first. A delivery taken over reads the record back, for
+        the steps it finished.
         """
         logs.set_execution(job.execution_id)  # this job's asyncio task only: its lines name it
         log.debug("execution %s taken up (claimed: %s)", job.execution_id, claimed)
@@ -331,19 +333,19 @@ class Dispatcher:
         if record is None or record.status.terminal:
             return None, None
         began, first = time.time(), record.started_at is None
-        if not await self.store.save(record, lifecycle.start(record, began)):
-            # Refused: a cancel ended it first, while it was queued.
-            metrics.execution_ended(job.kind, job.target, ExecutionStatus.CANCELLED)
-            return None, None
-        if first:
-            metrics.execution_started(record)
         try:
             document = await self.store.input_of(job)
         except NotFoundError:  # pruned, or deleted by hand: it will not come back
             gone = f"its input {job.input_ref} is no longer in the object store"
             verdict = Verdict(ExecutionStatus.FAILED, ErrorInfo(type="InputError", message=gone))
         else:
-            verdict = await self.driver.run(job.plan, document, record)
+            try:
+                verdict = await self.driver.run(job.plan, document, record)
+            except EndedElsewhere:  # cancelled while it waited for a replica
+                metrics.execution_ended(job.kind, job.target, ExecutionStatus.CANCELLED)
+                return None, None
+        if first and record.started_at is not None:
+            metrics.execution_started(record)
         event = lifecycle.finish(record, verdict, time.time())
         await self.store.finish(record, kept_outputs=job.plan.keep_outputs)
         metrics.execution_finished(record, since=began)

@@ -7,6 +7,7 @@ execution as its status, timings and steps rather than one long line.
 from __future__ import annotations
 
 import html
+import textwrap
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -55,12 +56,20 @@ def _error(error: Any) -> str:
     return html.escape(f"{error.type}: {error.message}")
 
 
+def _waited(step: StepRecord) -> str:
+    """The step's waits for a replica, or what it waits for now."""
+    if step.phase is not None and step.phase.waiting:
+        return html.escape(f"{step.phase} now")
+    return html.escape(", ".join(f"{phase} {took:.3f} s" for phase, took in step.waits()))
+
+
 def steps_html(steps: Sequence[StepRecord]) -> str:
     rows = [
         (
             html.escape(s.step_id),
             html.escape(s.task_id),
             _status(s.status),
+            _waited(s),
             _seconds(s.duration),
             "cached" if s.cache_hit else "",
             html.escape(s.worker_id or ""),
@@ -68,7 +77,7 @@ def steps_html(steps: Sequence[StepRecord]) -> str:
         )
         for s in steps
     ]
-    header = ("step", "task", "status", "took", "cache", "worker", "error")
+    header = ("step", "task", "status", "waited for a replica", "took", "cache", "worker", "error")
     return _table(header, rows)
 
 
@@ -119,35 +128,111 @@ def critical_path(steps: Sequence[StepRecord], deps: dict[str, tuple[str, ...]])
         path.append(step.step_id)
 
 
-def timeline(record: ExecutionRecord, deps: dict[str, tuple[str, ...]], ax: Any = None) -> Any:
-    """A Gantt chart of the execution's steps (seconds from submission), the
-    critical path outlined; returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
+#: How the timeline draws each part of a step's time: label, colour, hatch.
+SEGMENTS = {
+    "queue wait": ("#cfd8dc", None),
+    "waiting for room": ("#ffcc80", None),
+    "replica start and model load": ("#fb8c00", None),
+    "slot busy": ("#fdd835", None),
+    "run": ("#2e7d32", None),
+    "cache hit": ("#a5d6a7", "//"),
+}
+_SEGMENT_OF = {
+    "queued": "queue wait",
+    "placing": "waiting for room",
+    "starting": "replica start and model load",
+    "loading": "replica start and model load",
+    "busy": "slot busy",
+    "running": "run",
+    "cached": "cache hit",
+}
 
-    steps = [s for s in record.steps if s.started_at is not None]
+
+def segments(step: StepRecord, end: float) -> list[tuple[str, float, float]]:
+    """A step's time as ``(segment, start, end)`` parts, from its phase marks (a
+    record written before phases were kept: one run from its start to its end).
+    A part still going ends at ``end``."""
+    marks = [(m.phase.value, m.at) for m in step.phases]
+    if not marks and step.started_at is not None:
+        marks = [("running", step.started_at)]
+        if step.finished_at is not None:
+            marks.append(("done", step.finished_at))
+    parts = []
+    for i, (phase, at) in enumerate(marks):
+        if phase not in _SEGMENT_OF:
+            continue  # done: nothing after it
+        until = marks[i + 1][1] if i + 1 < len(marks) else (step.finished_at or end)
+        parts.append((_SEGMENT_OF[phase], at, max(until, at)))
+    return parts
+
+
+def timeline(record: ExecutionRecord, deps: dict[str, tuple[str, ...]], ax: Any = None) -> Any:
+    """A Gantt chart of where the execution's time went, in seconds from submission.
+
+    Each step's row shows its parts: the queue wait, any wait for a replica
+    (room to place it; its start and model load; a busy slot), the run
+    (coloured by how the step ended) or the cache hit. The critical path is
+    outlined; a legend names every part. Returns the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    steps = [s for s in record.steps if s.phases or s.started_at is not None]
     if ax is None:
-        fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * max(len(steps), 1)))
+        fig, ax = plt.subplots(figsize=(9, 1.6 + 0.5 * max(len(steps), 1)))
     else:
         fig = ax.figure
-    critical = set(critical_path(steps, deps))
     origin = record.submitted_at
+    end = record.finished_at or max(
+        (m.at for s in steps for m in s.phases), default=record.started_at or origin
+    )
+    critical = set(critical_path(steps, deps))
+    used: list[str] = []
     for row, step in enumerate(steps):
-        start = (step.started_at or origin) - origin
-        end = (step.finished_at or step.started_at or origin) - origin
-        on_path = step.step_id in critical
-        ax.barh(
-            row,
-            max(end - start, 1e-3),
-            left=start,
-            color=_COLOURS.get(str(step.status), "#888"),
-            edgecolor="black" if on_path else "none",
-            linewidth=2 if on_path else 0,
-            hatch="//" if step.cache_hit else None,
-        )
+        for name, start, stop in segments(step, end):
+            colour, hatch = SEGMENTS[name]
+            if name == "run":
+                colour = _COLOURS.get(str(step.status), colour)
+            on_path = step.step_id in critical
+            bar = ax.barh(
+                row,
+                max(stop - start, 1e-3),
+                left=start - origin,
+                color=colour,
+                hatch=hatch,
+                edgecolor="black" if on_path else "white",
+                linewidth=1.8 if on_path else 0.5,
+            )
+            bar.patches[0].set_gid(f"{step.step_id}:{name}")
+            if name not in used:
+                used.append(name)
+            _label_if_room(ax, start - origin, stop - start, row, end - origin)
     ax.set_yticks(range(len(steps)), [s.step_id for s in steps])
     ax.invert_yaxis()
+    ax.set_xlim(left=0)
     ax.set_xlabel("seconds since submission")
-    title = f"{record.target} {record.execution_id}: {record.status}"
-    ax.set_title(f"{title} (outlined: the critical path)")
+    handles = [Patch(facecolor=SEGMENTS[n][0], hatch=SEGMENTS[n][1], label=n) for n in used]
+    handles.append(
+        Patch(facecolor="white", edgecolor="black", linewidth=1.8, label="critical path")
+    )
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.22),
+        ncol=3,
+        frameon=False,
+        fontsize="small",
+    )
+    took = f" in {end - origin:.2f}s" if record.finished_at else ""
+    title = f"{record.target} {record.execution_id}: {record.status}{took}"
+    ax.set_title(textwrap.fill(title, 70), fontsize="medium", loc="left")
     fig.tight_layout()
     return fig
+
+
+def _label_if_room(ax: Any, left: float, width: float, row: int, total: float) -> None:
+    """Write a part's seconds on its bar when the bar is wide enough to hold them."""
+    if total > 0 and width / total > 0.08:
+        ax.text(
+            left + width / 2, row, f"{width:.2f}s", ha="center", va="center", fontsize="x-small"
+        )

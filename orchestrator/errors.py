@@ -111,6 +111,11 @@ class Cancelled(OrchestratorError):
     """Raised where a cancelled execution would start a step; its type is recorded as the error."""
 
 
+class EndedElsewhere(OrchestratorError):
+    """Raised in a dispatcher when a record it writes was ended by someone else (a cancel
+    while the execution was still queued): its run stops and writes nothing more."""
+
+
 class DeadLettered(OrchestratorError):
     """Recorded as the error of a job that kept failing delivery and went to dead letters."""
 

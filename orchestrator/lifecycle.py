@@ -11,7 +11,11 @@ execution's terminal status.
        └──────────────────► cancelled | failed | dead_lettered
 
     step: pending ──► running ──► succeeded | failed | cancelled
-             └──────► skipped (a dependency failed) | cancelled
+             └──────► skipped (a dependency failed) | cancelled | failed (no replica)
+
+An execution stays ``queued`` until a step of it can run (a replica slot is
+free, or the cache answers): waiting for a replica is a step's phase
+(:class:`~orchestrator.models.StepPhase`), not running.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ _EXECUTION_MOVES: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
     E.RUNNING: frozenset({E.RUNNING, E.SUCCEEDED, E.FAILED, E.CANCELLED, E.DEAD_LETTERED}),
 }
 _STEP_MOVES: dict[StepStatus, frozenset[StepStatus]] = {
-    S.PENDING: frozenset({S.RUNNING, S.SKIPPED, S.CANCELLED}),
+    # pending -> failed: no replica could be had for it (it never ran)
+    S.PENDING: frozenset({S.RUNNING, S.SKIPPED, S.CANCELLED, S.FAILED}),
     # running -> pending: a claimed job's interrupted step runs again
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PENDING}),
     # A claimed execution runs again any step whose output it cannot reuse.
@@ -93,7 +98,8 @@ class Verdict:
 
 # executions ------------------------------------------------------------------
 def start(record: ExecutionRecord, now: float) -> Event:
-    """A dispatcher picked the execution up (again, if it was claimed): one more delivery."""
+    """A step of the execution can run, in this delivery, for the first time: one more
+    delivery (a job that only waited in a dispatcher is not counted)."""
     _move(record, E.RUNNING)
     record.deliveries += 1
     if record.started_at is None:  # a claimed job keeps its first start
@@ -153,9 +159,11 @@ def judge(steps: list[StepRecord], name_failed_step: bool) -> Verdict:
 
 
 # steps -------------------------------------------------------------------------
-def step_started(step: StepRecord) -> None:
-    """The step is about to run (its clock starts with its first call)."""
-    _step_move(step, S.RUNNING)
+def step_started(step: StepRecord, now: float) -> None:
+    """The step's call goes to a replica that has a free slot: its body starts."""
+    if step.status != S.RUNNING:  # a retry runs on
+        _step_move(step, S.RUNNING)
+    step.started_at = step.started_at or now  # from its first call
 
 
 def step_ended(step: StepRecord, status: StepStatus, now: float) -> None:
@@ -173,6 +181,13 @@ def step_blocked(step: StepRecord, deps: list[StepRecord]) -> bool:
     cancelled = any(d.status == S.CANCELLED for d in deps)
     _step_move(step, S.CANCELLED if cancelled else S.SKIPPED)
     return True
+
+
+def step_cached(step: StepRecord, now: float) -> None:
+    """The step cache answered the step: it succeeded without running."""
+    _step_move(step, S.RUNNING)
+    step.started_at, step.cache_hit, step.worker_id = now, True, None
+    step_ended(step, S.SUCCEEDED, now)
 
 
 def step_reset(step: StepRecord) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -29,7 +30,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec
 
 from orchestrator import keys
-from orchestrator.models import ExecutionRecord, ExecutionStatus, StepStatus
+from orchestrator.models import (
+    ExecutionRecord,
+    ExecutionStatus,
+    StepPhase,
+    StepRecord,
+    StepStatus,
+)
 
 if TYPE_CHECKING:
     from orchestrator.intake import Job
@@ -81,6 +88,21 @@ STEP = Series(
     ("task", "status"),
 )
 CACHE_HITS = Series("wtm_cache_hits", "counter", "Steps answered from the step cache.", ("task",))
+STEP_WAIT = Series(
+    "wtm_step_wait_seconds",
+    "histogram",
+    "Time steps spent before running, by phase: queued (in the stream or behind their "
+    "dependencies' dispatcher), placing, starting, loading (their replica), busy (every "
+    "slot taken).",
+    ("task", "phase"),
+)
+REPLICA_EVENTS = Series(
+    "wtm_replica_events",
+    "counter",
+    "Replicas started and stopped, by why: demand, plan, warm, min, pinned, replace; "
+    "idle, room, died, hung, cancelled, memory, code, stopped, failed.",
+    ("task", "event", "reason"),
+)
 IN_FLIGHT = Series("wtm_dispatcher_in_flight", "gauge", "Jobs a dispatcher holds.", ("dispatcher",))
 DEPTH = Series("wtm_queue_depth", "gauge", "Jobs no dispatcher has read yet.", ("queue", "lane"))
 PENDING = Series(
@@ -102,6 +124,8 @@ ALL = (
     QUEUE_WAIT,
     STEP,
     CACHE_HITS,
+    STEP_WAIT,
+    REPLICA_EVENTS,
     IN_FLIGHT,
     DEPTH,
     PENDING,
@@ -207,6 +231,17 @@ def steps_ended(m: _Metrics, record: ExecutionRecord, since: float) -> None:
         m[STEP.name].observe(max(step.duration, 0.0), tags=tags)
         if step.cache_hit:
             m[CACHE_HITS.name].inc(tags={"task": step.task_id})
+        _waits(m, step, since)
+
+
+def _waits(m: _Metrics, step: StepRecord, since: float) -> None:
+    """Each phase the step spent before running (in this delivery), by its name."""
+    marks = step.phases
+    for mark, after in itertools.pairwise(marks):
+        waited = mark.phase == StepPhase.QUEUED or mark.phase.waiting
+        if waited and after.at >= since:
+            tags = {"task": step.task_id, "phase": mark.phase.value}
+            m[STEP_WAIT.name].observe(max(after.at - mark.at, 0.0), tags=tags)
 
 
 @_recording
@@ -216,6 +251,12 @@ def dispatcher_in_flight(m: _Metrics, dispatcher: str, jobs: int) -> None:
 
 
 # the controller ------------------------------------------------------------------
+@_recording
+def replica_event(m: _Metrics, task_id: str, event: str, reason: str) -> None:
+    """A replica of the task started or stopped, and why (one of the kinds in its help)."""
+    m[REPLICA_EVENTS.name].inc(tags={"task": task_id, "event": event, "reason": reason})
+
+
 ReplicaCounts = tuple[str, str, dict[str, int]]  # task, version, {state: replicas}
 
 

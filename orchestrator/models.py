@@ -8,6 +8,7 @@ event each move publishes, is :mod:`orchestrator.lifecycle`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from datetime import datetime, timezone
@@ -89,6 +90,40 @@ class StepStatus(_Printable):
         return self not in (StepStatus.PENDING, StepStatus.RUNNING)
 
 
+class StepPhase(_Printable):
+    """Where a step's time goes: each change is marked on its record with a timestamp.
+
+    A step is ``queued`` from the moment it could run (its execution submitted,
+    its dependencies done) until a dispatcher asks for a replica slot; then it
+    may wait, for one of four named reasons, before it ``running``; it ends
+    ``done``, or ``cached`` when the step cache answered it without a replica.
+    """
+
+    QUEUED = "queued"
+    PLACING = "placing"  # its replica waits for the cluster to have room for it
+    STARTING = "starting"  # its replica's process is starting
+    LOADING = "loading"  # its replica imports the task and loads the model
+    BUSY = "busy"  # every replica's slots are taken: it waits for one to free
+    RUNNING = "running"
+    CACHED = "cached"
+    DONE = "done"
+
+    @property
+    def waiting(self) -> bool:
+        """A wait for a replica (placing, starting, loading, busy)."""
+        return self in _WAITS
+
+
+_WAITS = frozenset({StepPhase.PLACING, StepPhase.STARTING, StepPhase.LOADING, StepPhase.BUSY})
+
+
+class PhaseMark(BaseModel):
+    """A step entered ``phase`` at ``at`` (Unix seconds); it lasts until the next mark."""
+
+    phase: StepPhase
+    at: float
+
+
 class WorkerState(_Printable):
     """What a replica is doing, as its heartbeat (or its silence) says."""
 
@@ -128,6 +163,24 @@ class StepRecord(_Times, BaseModel):
     error: ErrorInfo | None = None
     cache_hit: bool = False
     memory_usage: int | None = None  # the step's peak memory on its replica, in bytes
+    phases: list[PhaseMark] = Field(default_factory=list)  # where its time went, in order
+
+    @property
+    def phase(self) -> StepPhase | None:
+        """What the step is doing now (its last mark), None before it was marked."""
+        return self.phases[-1].phase if self.phases else None
+
+    def waits(self) -> list[tuple[StepPhase, float]]:
+        """Each wait for a replica it had, and how long it lasted (ended waits only)."""
+        pairs = itertools.pairwise(self.phases)
+        return [(m.phase, after.at - m.at) for m, after in pairs if m.phase.waiting]
+
+    def mark(self, phase: StepPhase, at: float) -> bool:
+        """Mark a change of phase at ``at``; False (nothing marked) if it is already in it."""
+        if self.phase == phase:
+            return False
+        self.phases.append(PhaseMark(phase=phase, at=at))
+        return True
 
     def __repr__(self) -> str:
         took = f" in {self.duration:.3f}s" if self.duration is not None else ""
@@ -226,6 +279,18 @@ class WorkerRecord(BaseModel):
     memory: int | None = None
     started_at: float | None = None
     heartbeat_at: float | None = None
+
+
+class ReplicaEvent(BaseModel):
+    """A replica started, began stopping, or stopped, and why (``wtm:replica-events``)."""
+
+    at: float
+    replica: str
+    task_id: str
+    version: str
+    event: Literal["started", "stopping", "stopped"]
+    kind: str  # one word for the metrics: demand, warm, min, pinned; idle, room, died, ...
+    reason: str
 
 
 class DeadLetter(BaseModel):

@@ -72,6 +72,22 @@ class Plan(BaseModel):
             out[d].append(step_id)
         return out
 
+    def slots(self, steps: set[str] | None = None) -> dict[tuple[str, str], int]:
+        """Replica slots the plan asks for at once, per task version: the most of its
+        steps (of ``steps``, default all) that one stage runs together, within
+        ``max_parallel``. What starting its replicas ahead of time should start."""
+        by_id = {s.step_id: s for s in self.steps}
+        wanted: dict[tuple[str, str], int] = {}
+        for stage in self.stages():
+            at_once: dict[tuple[str, str], int] = {}
+            for step_id in stage:
+                if steps is None or step_id in steps:
+                    s = by_id[step_id]
+                    at_once[s.task_id, s.version] = at_once.get((s.task_id, s.version), 0) + 1
+            for key, n in at_once.items():
+                wanted[key] = max(wanted.get(key, 0), min(n, self.max_parallel))
+        return wanted
+
     def pending_steps(self) -> list[StepRecord]:
         """Step records as they stand before anything runs."""
         return [

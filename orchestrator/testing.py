@@ -29,11 +29,15 @@ def load_package(folder: str | Path, scratch: str | Path | None = None) -> TaskR
     return TaskRunner.load(record, objects, scratch / "cache")
 
 
-def write_task(parent: str | Path, task_id: str, body: str, **spec: Any) -> Path:
+def write_task(
+    parent: str | Path, task_id: str, body: str, setup: str | None = None, **spec: Any
+) -> Path:
     """Write a one-file task package whose ``Task.process`` has the given body.
 
     The body sees ``input_data``, ``self`` (with a class counter ``calls``) and
-    the SDK's ``FatalError`` and ``RetryableError``; ``spec`` adds task.json fields.
+    the SDK's ``FatalError`` and ``RetryableError``; ``setup``, if given, is the
+    body of ``Task.setup`` (a replica runs it once: the model load); ``spec``
+    adds task.json fields.
     """
     folder = Path(parent) / task_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,5 +54,8 @@ def write_task(parent: str | Path, task_id: str, body: str, **spec: Any) -> Path
     code = "from orchestrator import FatalError, RetryableError, SimpleTask\n\n\n"
     code += "class Task(SimpleTask):\n    calls = 0\n\n    def process(self, input_data):\n"
     code += textwrap.indent(textwrap.dedent(body).strip() + "\n", " " * 8)
+    if setup is not None:
+        code += "\n    def setup(self):\n"
+        code += textwrap.indent(textwrap.dedent(setup).strip() + "\n", " " * 8)
     (folder / "task.py").write_text(code)
     return folder

@@ -12,10 +12,23 @@ from typing import Any
 
 from orchestrator import artifacts, cluster, keys, stack
 from orchestrator.errors import NotFoundError
-from orchestrator.models import TaskRecord, WorkerRecord, WorkerState
+from orchestrator.models import ReplicaEvent, TaskRecord, WorkerRecord, WorkerState
 from orchestrator.objects import open_objects
 from orchestrator.records import RecordStore, open_records
 from orchestrator.settings import Settings
+
+
+def replica_events(r: Any, limit: int = 20, task_id: str | None = None) -> list[ReplicaEvent]:
+    """The newest replica starts and stops first, each with why (from the controller)."""
+    events = []
+    for _, fields in r.xrevrange(keys.REPLICA_EVENTS, count=limit if task_id is None else None):
+        raw = fields.get(b"event", fields.get("event"))
+        event = ReplicaEvent.model_validate_json(raw)
+        if task_id is None or event.task_id == task_id:
+            events.append(event)
+        if len(events) >= limit:
+            break
+    return events
 
 
 def worker_status(
@@ -69,6 +82,16 @@ class Workers:
         if queues or concurrency:
             dispatcher = self._dispatcher(queues or [], concurrency)
         return {"replicas": started, "dispatcher": dispatcher}
+
+    def warm(
+        self, slots: dict[tuple[str, str], int], timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Start replicas ahead of a burst: ``slots`` per (task, version) (see
+        :meth:`~orchestrator.plan.Plan.slots`); returns when they are loaded, or
+        as many as the cluster holds, with why any set has fewer."""
+        wanted = [(task_id, version, n) for (task_id, version), n in slots.items()]
+        timeout = self.settings.controller.load_timeout_s if timeout_s is None else timeout_s
+        return self._ray.get(self.controller.warm.remote(wanted, timeout))
 
     def scale(self, task_id: str, count: int, version: str | None = None) -> int:
         record = self.tasks.resolve(task_id, version)

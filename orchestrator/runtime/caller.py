@@ -19,7 +19,7 @@ import ray
 from orchestrator import lifecycle
 from orchestrator.errors import Cancelled, OrchestratorError
 from orchestrator.plan import PlannedStep
-from orchestrator.runtime.calls import CancelCheck, OnStart, Outcome, StepCall, failure
+from orchestrator.runtime.calls import CancelCheck, OnStart, OnWait, Outcome, StepCall, failure
 from orchestrator.runtime.router import Router
 
 CANCEL_POLL_S = 1.0  # a running call checks this often whether it was cancelled
@@ -49,6 +49,12 @@ class Caller:
     def put(self, value: Any) -> Any:
         return ray.put(value)
 
+    def expect(self, execution_id: str, steps: list[PlannedStep], calls: dict[str, int]) -> None:
+        self.router.expect(execution_id, steps, calls)
+
+    def forget(self, execution_id: str) -> None:
+        self.router.forget(execution_id)
+
     async def get(self, refs: list[Any]) -> list[Any]:
         return list(await asyncio.gather(*refs))
 
@@ -59,6 +65,7 @@ class Caller:
         args: tuple[Any, ...],
         cancelled: CancelCheck,
         on_start: OnStart | None = None,
+        on_wait: OnWait | None = None,
     ) -> tuple[Outcome, Any]:
         """One attempt; a hung replica is killed, a dead one replaced.
 
@@ -70,7 +77,7 @@ class Caller:
         replaced, and raises :class:`~orchestrator.errors.Cancelled`.
         """
         try:
-            name, replica = await self._acquire(step, call, cancelled)
+            name, replica = await self._acquire(step, call, cancelled, on_wait)
         except Cancelled:
             raise
         except (OrchestratorError, ray.exceptions.RayError) as e:  # placement, loading
@@ -112,11 +119,13 @@ class Caller:
         return outcome, result_ref
 
     async def _acquire(
-        self, step: PlannedStep, call: StepCall, cancelled: CancelCheck
+        self, step: PlannedStep, call: StepCall, cancelled: CancelCheck, on_wait: OnWait | None
     ) -> tuple[str, Any]:
         """A replica slot; Cancelled, right where it waits, if the execution is cancelled
         while its replica is placed, loads, or is busy."""
-        waiting = asyncio.ensure_future(self.router.acquire(step, call.priority, call.prefer))
+        waiting = asyncio.ensure_future(
+            self.router.acquire(step, call.priority, call.prefer, on_wait, call.execution_id)
+        )
         try:
             return await _unless_cancelled(waiting, cancelled)
         except BaseException:  # cancelled, or this run stopped: a slot it just got goes back

@@ -10,11 +10,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.models import StepPhase
+
 #: Asked right before a step's call: True means its execution was cancelled.
 CancelCheck = Callable[[], Awaitable[bool]]
 
 #: Told which replica a step's call goes to, right before it is sent.
 OnStart = Callable[[str], Awaitable[None]]
+
+#: Told why a step's call waits for a replica slot, each time the reason changes.
+OnWait = Callable[[StepPhase], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class StepCall:
     priority: int = 5  # the execution's: orders the wait for a replica slot
     prefer: str | None = None  # the replica a lost delivery left running it: join it there
     execution_id: str | None = None  # named on the lines the task logs during the call
+    looked_up: bool = False  # the driver found no cached output: the replica need not look
 
 
 @dataclass

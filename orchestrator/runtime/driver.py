@@ -11,6 +11,21 @@ sent again to a fresh replica without using a retry, and a step that crashed
 its replica ``max_crashes`` times is a poison job: the execution goes to the
 dead letters.
 
+Warm when it matters. When it takes an execution up, the driver first
+answers from the step cache every step whose input it holds (the pipeline
+input, and the outputs the cache gave it), so a cached pipeline needs no
+replica at all; then it tells the executor which replica slots the rest of
+the plan will ask for (:meth:`Executor.expect`), so the replicas of every
+stage start together rather than one stage after the other.
+
+Every wait has a name. Each step's record carries its phases
+(:class:`~orchestrator.models.StepPhase`): ``queued`` from when it could
+run, then any wait for a replica with its reason, ``running`` once its call
+goes to a replica with a free slot (``started_at``), ``done``. The execution
+stays ``queued`` until one of its steps can run; that write is the one that
+counts the delivery, and one refused because the execution was cancelled
+meanwhile stops the run (:class:`~orchestrator.errors.EndedElsewhere`).
+
 The driver knows nothing of Redis, the records or Ray: it talks to an
 :class:`Executor` (where attempts run) and a
 :class:`~orchestrator.runtime.store.RunStore` (what it records). Each has an
@@ -29,19 +44,27 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from orchestrator import keys, lifecycle
-from orchestrator.errors import Cancelled, DeadLettered
-from orchestrator.lifecycle import Verdict
+from orchestrator.errors import Cancelled, DeadLettered, EndedElsewhere
+from orchestrator.lifecycle import Event, Verdict
 from orchestrator.models import (
     ErrorInfo,
     ExecutionRecord,
     ExecutionStatus,
+    StepPhase,
     StepRecord,
     StepStatus,
 )
 from orchestrator.pipelines.mapping import step_input
 from orchestrator.plan import Plan, PlannedStep
 from orchestrator.policy import classify, compute_backoff, should_retry
-from orchestrator.runtime.calls import CancelCheck, OnStart, Outcome, StepCall, failure
+from orchestrator.runtime.calls import (
+    CancelCheck,
+    OnStart,
+    OnWait,
+    Outcome,
+    StepCall,
+    failure,
+)
 from orchestrator.runtime.store import RunStore
 
 
@@ -54,6 +77,13 @@ class Executor(Protocol):
     async def get(self, refs: list[Any]) -> list[Any]:
         """The values behind references."""
 
+    def expect(self, execution_id: str, steps: list[PlannedStep], calls: dict[str, int]) -> None:
+        """The execution will ask for ``calls`` slots of each set (by set key): have
+        its replicas start now."""
+
+    def forget(self, execution_id: str) -> None:
+        """The execution ended: what it was expected to ask for no longer counts."""
+
     async def attempt(
         self,
         step: PlannedStep,
@@ -61,13 +91,15 @@ class Executor(Protocol):
         args: tuple[Any, ...],
         cancelled: CancelCheck,
         on_start: OnStart | None = None,
+        on_wait: OnWait | None = None,
     ) -> tuple[Outcome, Any]:
         """One try: its outcome, and a reference to the output if it succeeded.
 
         ``args`` are the pipeline input's reference, then those of the steps in
         ``call.reads``. Raises :class:`~orchestrator.errors.Cancelled` if
-        ``cancelled()`` holds once the step could start. ``on_start`` is told
-        the replica (worker) right before the call goes to it.
+        ``cancelled()`` holds once the step could start. ``on_wait`` is told why
+        the call waits for a replica slot; ``on_start`` the replica (worker)
+        right before the call goes to it (it may raise to stop the call).
         """
 
 
@@ -80,14 +112,25 @@ class Driver:
         self.max_crashes = max_crashes
 
     async def run(self, plan: Plan, pipeline_input: Any, record: ExecutionRecord) -> Verdict:
-        """Run every step it can, filling ``record.steps``; the verdict carries the result."""
+        """Run every step it can, filling ``record.steps``; the verdict carries the result.
+
+        Raises :class:`~orchestrator.errors.EndedElsewhere` if the execution was
+        ended by someone else (cancelled while queued) before a step could run.
+        """
         if [s.step_id for s in record.steps] != [s.step_id for s in plan.steps]:
             record.steps = plan.pending_steps()
         # Several steps read the input: stored once. One step: it travels with its call.
         shared = len(plan.steps) > 1
-        run = _Run(plan, record, self.executor.put(pipeline_input) if shared else pipeline_input)
+        input_ref = self.executor.put(pipeline_input) if shared else pipeline_input
+        run = _Run(plan, record, pipeline_input, input_ref)
         await self._resume(run)
-        await _all_or_none([self._step(run, s) for s in plan.steps])
+        try:
+            if plan.caching:
+                await self._answer_from_cache(run)
+            self._expect(run)
+            await _all_or_none([self._step(run, s) for s in plan.steps])
+        finally:
+            self.executor.forget(record.execution_id)
         verdict = lifecycle.judge(record.steps, plan.name_failed_step)
         if run.poison is not None:
             verdict = Verdict(
@@ -102,14 +145,14 @@ class Driver:
         """A redelivered execution reuses the outputs its finished steps kept; the rest run again.
 
         A step the last delivery left running counts that attempt (so does every
-        step of a plan that does not record steps: the lost delivery may have run
-        it). If its replica finished it after that delivery stopped watching,
-        its kept output is used and it does not run again.
+        step of a plan that does not record steps, if that delivery began: it
+        may have run it). If its replica finished it after that delivery stopped
+        watching, its kept output is used and it does not run again.
         """
-        redelivered = run.record.deliveries > 1
+        began_before = run.record.deliveries > 0
         for sr in run.record.steps:
             if sr.status == StepStatus.PENDING:
-                if redelivered and not run.plan.record_steps:
+                if began_before and not run.plan.record_steps:
                     # Its state was not recorded: the lost delivery may have run it.
                     sr.attempts += 1
                 continue
@@ -128,16 +171,59 @@ class Driver:
                     continue
             lifecycle.step_reset(sr)
 
+    async def _answer_from_cache(self, run: _Run) -> None:
+        """Answer from the step cache each step whose input the driver holds: the
+        pipeline input, and outputs the cache gave it (in dependency order). A
+        miss is remembered: the step's replica then only writes its output."""
+        known: dict[str, Any] = {}
+        hits: list[StepRecord] = []
+        for step in run.plan.steps:
+            if run.done[step.step_id].is_set() or any(d not in known for d in step.deps):
+                continue
+            try:
+                reads = {r: known[r] for r in step.reads}
+                document = step_input(step.input_mapping, run.input, reads)
+            except Exception:  # noqa: BLE001 - a mapping that reads nothing: its replica says so
+                continue
+            output = await self.store.cached(step.task_id, step.package_sha256, document)
+            run.looked_up.add(step.step_id)
+            if output is None:
+                continue
+            known[step.step_id] = output
+            sr = run.steps[step.step_id]
+            now = time.time()
+            _mark(sr, StepPhase.QUEUED, _ready_at(run, step, now))
+            lifecycle.step_cached(sr, now)
+            _mark(sr, StepPhase.CACHED, now)
+            _mark(sr, StepPhase.DONE, now)
+            hits.append(sr)
+            run.outputs[step.step_id] = self.executor.put(output)
+            run.done[step.step_id].set()
+        if hits:
+            self._begin(run, time.time())
+            await self._save(run, hits[-1], always=True)
+
+    def _expect(self, run: _Run) -> None:
+        """Tell the executor every replica slot the plan's remaining steps will ask
+        for (per task version, the most of its steps one stage runs at once)."""
+        todo = {s.step_id for s in run.plan.steps if not run.done[s.step_id].is_set()}
+        slots = run.plan.slots(todo)
+        if slots:
+            steps = [s for s in run.plan.steps if s.step_id in todo]
+            calls = {keys.set_key(task_id, version): n for (task_id, version), n in slots.items()}
+            self.executor.expect(run.record.execution_id, steps, calls)
+
     async def _step(self, run: _Run, step: PlannedStep) -> None:
         sr = run.steps[step.step_id]
-        if run.done[step.step_id].is_set():  # resumed: finished before the interruption
+        if run.done[step.step_id].is_set():  # resumed, or answered from the cache
             return
         try:
             for dep in step.deps:
                 await run.done[dep].wait()
             if lifecycle.step_blocked(sr, [run.steps[d] for d in step.deps]):
-                await self._record(run, sr)
+                await self._save(run, sr)
                 return
+            _mark(sr, StepPhase.QUEUED, _ready_at(run, step, time.time()))
             async with run.slots:
                 await self._attempts(run, step, sr)
         finally:
@@ -145,7 +231,6 @@ class Driver:
 
     async def _attempts(self, run: _Run, step: PlannedStep, sr: StepRecord) -> None:
         """Try a step until it succeeds, its policy says stop, or it is cancelled."""
-        lifecycle.step_started(sr)
         keep_as = keys.step_output_key(run.record.execution_id, step.step_id)
         call = StepCall(
             step.step_id,
@@ -158,32 +243,31 @@ class Driver:
             run.record.priority,
             run.prefer.get(step.step_id),
             run.record.execution_id,
+            looked_up=step.step_id in run.looked_up,
         )
         args = (run.input_ref, *(run.outputs[r] for r in step.reads))
         cancelled = functools.partial(self.store.cancelled, run.record.execution_id)
-
-        async def on_start(worker: str) -> None:
-            # Recorded before the call: a delivery that takes over knows where it runs.
-            sr.worker_id = worker
-            await self._record(run, sr)
-
+        on_start = functools.partial(self._started, run, sr)
+        on_wait = functools.partial(self._waiting, run, sr)
         policy = step.policy
         crashes = 0
         while True:
             try:
-                outcome, ref = await self.executor.attempt(step, call, args, cancelled, on_start)
+                outcome, ref = await self.executor.attempt(
+                    step, call, args, cancelled, on_start, on_wait
+                )
             except Cancelled:
-                lifecycle.step_ended(sr, StepStatus.CANCELLED, time.time())
+                self._end_step(sr, StepStatus.CANCELLED)
                 break
             _note_attempt(sr, outcome)
             call = replace(call, prefer=None)  # only the first attempt joins a lost one's run
             if outcome.ok:
                 run.outputs[step.step_id] = ref
-                lifecycle.step_ended(sr, StepStatus.SUCCEEDED, time.time())
+                self._end_step(sr, StepStatus.SUCCEEDED)
                 break
             crashes += outcome.crashed
             if crashes >= self.max_crashes:
-                lifecycle.step_ended(sr, StepStatus.FAILED, time.time())
+                self._end_step(sr, StepStatus.FAILED)
                 run.poison = (
                     step.step_id,
                     f"its replica's process died {crashes} times running it",
@@ -191,22 +275,60 @@ class Driver:
                 break
             tries = sr.attempts - crashes  # a crash uses no retry: it is a lost delivery
             if not outcome.crashed and not should_retry(tries, policy.retries, outcome.retryable):
-                lifecycle.step_ended(sr, StepStatus.FAILED, time.time())
+                self._end_step(sr, StepStatus.FAILED)
                 break
             backoff = compute_backoff(sr.attempts, base=policy.backoff_base, cap=policy.backoff_max)
             if await _cancelled_during(backoff, cancelled):
-                lifecycle.step_ended(sr, StepStatus.CANCELLED, time.time())
+                self._end_step(sr, StepStatus.CANCELLED)
                 break
-        await self._record(run, sr)
+        await self._save(run, sr)
 
-    async def _record(self, run: _Run, sr: StepRecord) -> None:
-        """Save a step's change, if the plan records steps as they go."""
-        if not run.plan.record_steps:
+    async def _waiting(self, run: _Run, sr: StepRecord, phase: StepPhase) -> None:
+        """The step's call waits for a replica slot, for ``phase``: marked and written
+        (a task's one step too), so the wait shows while it lasts."""
+        if _mark(sr, phase, time.time()):
+            await self._save(run, sr, always=True)
+
+    async def _started(self, run: _Run, sr: StepRecord, worker: str) -> None:
+        """The step's call goes to ``worker``, which has a free slot: its body starts.
+
+        Recorded before the call: a delivery that takes over knows where it runs.
+        The first step to start begins the execution (its delivery is counted).
+        """
+        now = time.time()
+        first = not run.begun
+        lifecycle.step_started(sr, now)
+        sr.worker_id = worker
+        _mark(sr, StepPhase.RUNNING, now)
+        if first:
+            self._begin(run, now)
+        await self._save(run, sr, always=first)
+
+    def _end_step(self, sr: StepRecord, status: StepStatus) -> None:
+        now = time.time()
+        lifecycle.step_ended(sr, status, now)
+        _mark(sr, StepPhase.DONE, now)
+
+    def _begin(self, run: _Run, now: float) -> None:
+        """A step of the execution can run: the execution starts (in this delivery)."""
+        if not run.begun:
+            run.begun = True
+            run.begin_event = lifecycle.start(run.record, now)
+
+    async def _save(self, run: _Run, sr: StepRecord, always: bool = False) -> None:
+        """Write the record as it stands and publish the step's change (``always``, or
+        if the plan records steps as they go). A write refused because the execution
+        was ended meanwhile (a cancel while it was queued) stops the run."""
+        if not (always or run.plan.record_steps):
             return
         async with run.saving:  # snapshots land in order, each one whole
             snapshot = run.record.model_copy(deep=True)
             step = next(s for s in snapshot.steps if s.step_id == sr.step_id)
-            await self.store.save(snapshot, lifecycle.step_event(snapshot, step, time.time()))
+            event: Event = lifecycle.step_event(snapshot, step, time.time())
+            if not run.plan.record_steps and run.begin_event is not None:
+                event = run.begin_event  # a task's one step: its execution's change
+            if not await self.store.save(snapshot, event):
+                raise EndedElsewhere(f"execution {run.record.execution_id} was ended meanwhile")
 
     async def _result(self, run: _Run) -> Any:
         """The sink step's output (or each sink's), with timings in its summary."""
@@ -220,6 +342,19 @@ class Driver:
             started = min((s.started_at for s in steps if s.started_at), default=0.0)
             summary["total_time"] = max(s.finished_at or 0 for s in steps) - started
         return result
+
+
+def _mark(sr: StepRecord, phase: StepPhase, at: float) -> bool:
+    """Mark a step's phase, never before its last mark (a redelivery adds to them)."""
+    last = sr.phases[-1].at if sr.phases else at
+    return sr.mark(phase, max(at, last))
+
+
+def _ready_at(run: _Run, step: PlannedStep, now: float) -> float:
+    """When a step could run: its execution's submission, or its last dependency's end."""
+    if not step.deps:
+        return run.record.submitted_at
+    return max((run.steps[d].finished_at or now) for d in step.deps)
 
 
 async def _cancelled_during(seconds: float, cancelled: CancelCheck) -> bool:
@@ -254,9 +389,11 @@ async def _all_or_none(coros: list) -> None:
 def _note_attempt(step: StepRecord, outcome: Outcome) -> None:
     """Record one attempt on its step: where it ran, and its error if it failed."""
     step.attempts += 1
-    step.started_at = step.started_at or outcome.started_at  # from the first call
+    step.started_at = step.started_at or outcome.started_at  # no replica was had: it tried
     step.worker_id, step.node = outcome.worker_id, outcome.node
     step.cache_hit = outcome.cache_hit
+    if outcome.cache_hit and step.phases and step.phases[-1].phase == StepPhase.RUNNING:
+        step.phases[-1] = step.phases[-1].model_copy(update={"phase": StepPhase.CACHED})
     step.memory_usage = outcome.memory or step.memory_usage
     step.error = None
     if not outcome.ok:
@@ -270,9 +407,10 @@ def _note_attempt(step: StepRecord, outcome: Outcome) -> None:
 class _Run:
     """The state of one execution while the driver runs it."""
 
-    def __init__(self, plan: Plan, record: ExecutionRecord, input_ref: Any):
+    def __init__(self, plan: Plan, record: ExecutionRecord, value: Any, input_ref: Any):
         self.plan = plan
         self.record = record
+        self.input = value  # the pipeline input, for cache lookups
         self.input_ref = input_ref
         self.steps = {s.step_id: s for s in record.steps}
         self.outputs: dict[str, Any] = {}
@@ -281,6 +419,9 @@ class _Run:
         self.saving = asyncio.Lock()
         self.poison: tuple[str, str] | None = None  # (step, why) when it kept killing replicas
         self.prefer: dict[str, str] = {}  # step -> the replica a lost delivery left it on
+        self.looked_up: set[str] = set()  # steps the driver found not cached
+        self.begun = False  # a step of it could run in this delivery
+        self.begin_event: Event | None = None
 
 
 class LocalExecutor:
@@ -295,12 +436,19 @@ class LocalExecutor:
     def __init__(self, tasks: dict[str, Callable[[Any], Any]]):
         self.tasks = tasks
         self.calls: list[tuple[str, Any]] = []  # (step_id, input) of every attempt
+        self.expected: dict[str, dict[str, int]] = {}  # execution -> set key -> slots
 
     def put(self, value: Any) -> Any:
         return value
 
     async def get(self, refs: list[Any]) -> list[Any]:
         return list(refs)
+
+    def expect(self, execution_id: str, steps: list[PlannedStep], calls: dict[str, int]) -> None:
+        self.expected[execution_id] = dict(calls)
+
+    def forget(self, execution_id: str) -> None:
+        pass
 
     async def attempt(
         self,
@@ -309,6 +457,7 @@ class LocalExecutor:
         args: tuple[Any, ...],
         cancelled: CancelCheck,
         on_start: OnStart | None = None,
+        on_wait: OnWait | None = None,
     ) -> tuple[Outcome, Any]:
         if await cancelled():
             raise Cancelled(lifecycle.CANCELLED_BY_USER)

@@ -26,6 +26,7 @@ from orchestrator.objects import ObjectStore
 from orchestrator.outputs import restore, to_record
 from orchestrator.records import RecordStore
 from orchestrator.resilience import TRANSIENT, persist
+from orchestrator.runtime import cache
 from orchestrator.runtime.grouped import Grouped
 
 log = logging.getLogger("wtm.store")
@@ -43,6 +44,9 @@ class RunStore(Protocol):
 
     async def kept_output(self, execution_id: str, step_id: str) -> Any | None:
         """A step's output kept by an earlier delivery of the execution, or None."""
+
+    async def cached(self, task_id: str, package_sha256: str, document: Any) -> Any | None:
+        """The step cache's output for this task's code on this input, or None."""
 
 
 class RecordsRunStore:
@@ -113,6 +117,13 @@ class RecordsRunStore:
         except NotFoundError:  # none kept (or an array it names is gone): run it again
             return None
 
+    async def cached(self, task_id: str, package_sha256: str, document: Any) -> Any | None:
+        def look() -> Any | None:
+            found = cache.read(self.objects, cache.key_of(task_id, package_sha256, document))
+            return None if found is None else found[1]
+
+        return await asyncio.to_thread(look)
+
     async def finish(self, record: ExecutionRecord, kept_outputs: bool) -> None:
         """Write the terminal record (a large result goes to the object store first).
 
@@ -176,8 +187,12 @@ class MemoryRunStore:
         self.events: list[Event] = []
         self.cancel_requests: set[str] = set()
         self.kept: dict[tuple[str, str], Any] = {}
+        self.cache: dict[str, Any] = {}  # cache key -> output
+        self.ended: set[str] = set()  # executions a save must be refused for (cancelled)
 
     async def save(self, record: ExecutionRecord, event: Event) -> bool:
+        if record.execution_id in self.ended:
+            return False
         self.saved.append(record)
         self.events.append(event)
         return True
@@ -187,3 +202,6 @@ class MemoryRunStore:
 
     async def kept_output(self, execution_id: str, step_id: str) -> Any | None:
         return self.kept.get((execution_id, step_id))
+
+    async def cached(self, task_id: str, package_sha256: str, document: Any) -> Any | None:
+        return self.cache.get(cache.key_of(task_id, package_sha256, document))

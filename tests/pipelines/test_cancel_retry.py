@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from orchestrator.errors import ConflictError
-from orchestrator.models import ExecutionStatus
+from orchestrator.models import ExecutionStatus, StepPhase
 from tests.conftest import make_task
 from tests.helpers import wait_until
 
@@ -92,10 +92,11 @@ def test_cancelling_a_job_that_waits_for_a_busy_replica_stops_it_where_it_waits(
     busy = client.submit("one_lane", {"s": 30})
     wait_until(runs.exists, what="the only replica to be busy")
     waiting = client.submit("one_lane", {"s": 0})
-    wait_until(
-        lambda: client.execution(waiting).status == "running",
+    record = wait_until(
+        lambda: (r := client.execution(waiting)).steps[0].phase == StepPhase.BUSY and r,
         what="the second job to be picked up and wait for the slot",
     )
+    assert record.status == ExecutionStatus.QUEUED  # waiting for a slot is not running
 
     client.cancel(waiting)
     record = client.wait(waiting, timeout=20)
@@ -116,7 +117,7 @@ def test_cancelling_a_job_whose_replica_is_still_loading_stops_it_before_it_runs
     client.register_task(folder)
     execution_id = client.submit("slow_load", {})
     wait_until(
-        lambda: client.execution(execution_id).status == "running",
+        lambda: client.execution(execution_id).steps[0].phase == StepPhase.LOADING,
         what="the job to wait for its replica to load",
     )
 

@@ -36,7 +36,7 @@ class OneReplica:
         self.view = ReplicaView(0, {name: handle}, 1)
         self.failures: list[tuple[str, str]] = []
 
-    async def replicas(self, task_id, version, sha256):
+    async def replicas(self, task_id, version, sha256, wait_s=None):
         return self.view
 
     async def report(self, consumer, demand):
@@ -177,7 +177,7 @@ def test_a_cancelled_execution_never_reaches_the_replica(replica, tmp_path):
 
 def test_no_replica_able_to_start_is_a_failed_attempt_naming_why(ray_connected):
     class NoReplicas:
-        async def replicas(self, task_id, version, sha256):
+        async def replicas(self, task_id, version, sha256, wait_s=None):
             raise ReplicaUnavailable("no replica of t@1 could start: needs 1 GPU")
 
         async def report(self, consumer, demand):

@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from orchestrator.errors import FatalError, RetryableError
-from orchestrator.models import ExecutionRecord, ExecutionStatus, StepStatus
+from orchestrator.errors import EndedElsewhere, FatalError, RetryableError
+from orchestrator.models import ExecutionRecord, ExecutionStatus, StepPhase, StepStatus
 from orchestrator.plan import Plan, PlannedStep
 from orchestrator.policy import StepPolicy
+from orchestrator.runtime import cache
 from orchestrator.runtime import driver as driver_module
 from orchestrator.runtime.calls import failure
 from orchestrator.runtime.driver import Driver, LocalExecutor
@@ -89,10 +90,16 @@ def test_outputs_flow_along_dependencies_and_the_sink_is_the_result():
     assert store.saved[0].steps[1].status == StepStatus.PENDING  # a snapshot, not the live record
 
 
-def test_a_task_plan_records_nothing_until_its_execution_does():
+def test_a_task_plan_writes_its_record_once_when_its_step_starts():
     plan = Plan(kind="task", target="t", version="1", steps=(step("t"),))
-    verdict, rec, store, _ = drive(plan, {"t": lambda d: {"ok": True}})
-    assert verdict.result == {"ok": True} and store.saved == []
+    rec = record(plan).model_copy(update={"status": ExecutionStatus.QUEUED})
+    verdict, rec, store, _ = drive(plan, {"t": lambda d: {"ok": True}}, rec=rec)
+    assert verdict.result == {"ok": True}
+    # One write: the execution running, its step started; the end is the dispatcher's.
+    [started] = store.saved
+    assert started.status == ExecutionStatus.RUNNING and started.deliveries == 1
+    assert started.steps[0].status == StepStatus.RUNNING and started.steps[0].started_at
+    assert [e.status for e in store.events] == [ExecutionStatus.RUNNING]
     assert rec.steps[0].attempts == 1
 
 
@@ -257,7 +264,7 @@ def test_an_error_outside_the_steps_stops_every_step_of_the_run_and_is_raised():
         async def save(self, record, event):
             if len(self.events) >= 2:  # both steps started; then the store goes away
                 raise ConnectionError("redis went away")
-            await super().save(record, event)
+            return await super().save(record, event)
 
     plan = pipeline(step("slow"), step("other"))  # independent: in flight together
     with pytest.raises(ConnectionError, match="redis went away"):
@@ -273,7 +280,7 @@ class DyingReplicas(LocalExecutor):
         super().__init__({})
         self.crashed = crashed
 
-    async def attempt(self, step, call, args, cancelled, on_start=None):
+    async def attempt(self, step, call, args, cancelled, on_start=None, on_wait=None):
         self.calls.append((step.step_id, None))
         outcome = failure("r#0", 0.0, RuntimeError("died"), retryable=True)
         outcome.crashed = self.crashed
@@ -326,3 +333,101 @@ def test_a_step_waiting_out_a_long_retry_backoff_is_cancelled_where_it_waits(mon
 
     assert verdict.status == ExecutionStatus.CANCELLED
     assert rec.steps[0].status == StepStatus.CANCELLED and rec.steps[0].attempts == 1
+
+
+# Warm when it matters: the cache without replicas, plans that ask ahead, named waits ----
+
+
+def test_cached_steps_are_answered_by_the_driver_without_asking_a_replica():
+    plan = pipeline(step("a"), step("b", "a", input_mapping={"n": "$.a.n"}), caching=True)
+    store = MemoryRunStore()
+    store.cache[cache.key_of("a", "sha", {"x": 1})] = {"n": 2}
+    store.cache[cache.key_of("b", "sha", {"n": 2})] = {"twice": 4}
+    rec = record(plan).model_copy(update={"status": ExecutionStatus.QUEUED})
+
+    verdict, rec, store, executor = drive(plan, {}, {"x": 1}, rec=rec, store=store)
+
+    assert verdict.status == ExecutionStatus.SUCCEEDED and verdict.result == {"twice": 4}
+    assert executor.calls == [] and executor.expected == {}  # no replica asked for
+    assert all(s.cache_hit and s.worker_id is None for s in rec.steps)
+    assert [m.phase for m in rec.steps[1].phases] == [
+        StepPhase.QUEUED,
+        StepPhase.CACHED,
+        StepPhase.DONE,
+    ]
+    assert rec.status == ExecutionStatus.RUNNING and rec.deliveries == 1  # it began
+
+
+def test_a_step_whose_input_only_a_replica_sees_is_looked_up_there():
+    plan = pipeline(step("a"), step("b", "a", input_mapping={"n": "$.a.n"}), caching=True)
+    store = MemoryRunStore()
+    store.cache[cache.key_of("b", "sha", {"n": 2})] = {"twice": 4}  # a ran: not cached
+    calls: list = []
+
+    class Recording(LocalExecutor):
+        async def attempt(self, step, call, *args, **kwargs):
+            calls.append((step.step_id, call.looked_up))
+            return await super().attempt(step, call, *args, **kwargs)
+
+    executor = Recording({"a": lambda d: {"n": 2}, "b": lambda d: {"twice": d["n"] * 2}})
+    asyncio.run(Driver(executor, store).run(plan, {"x": 1}, record(plan)))
+    # a: the driver looked and missed (its replica only writes); b: the replica looks.
+    assert calls == [("a", True), ("b", False)]
+
+
+def test_a_plan_taken_up_asks_for_every_stage_at_once():
+    group = (step("b", "a", task_id="pair"), step("c", "a", task_id="pair"))
+    plan = pipeline(step("a"), *group, step("d", "b", "c"))
+    tasks = {"a": lambda d: {}, "pair": lambda d: {}, "d": lambda d: {}}
+    _, _, _, executor = drive(plan, tasks)
+    assert executor.expected == {"E1": {"a@1": 1, "pair@1": 2, "d@1": 1}}
+
+
+class WaitsFirst(LocalExecutor):
+    """Each call waits for its replica's model to load, then for a busy slot, before it
+    starts; what the record said at each moment is kept."""
+
+    def __init__(self, tasks, store):
+        super().__init__(tasks)
+        self.store = store
+        self.seen: list[tuple[str, str | None, float | None]] = []
+
+    async def attempt(self, step, call, args, cancelled, on_start=None, on_wait=None):
+        for phase in (StepPhase.LOADING, StepPhase.BUSY):
+            await on_wait(phase)
+            last = self.store.saved[-1]
+            self.seen.append((last.status.value, last.steps[0].phase, last.steps[0].started_at))
+        return await super().attempt(step, call, args, cancelled, on_start, on_wait)
+
+
+def test_a_waiting_step_is_recorded_with_why_and_its_execution_stays_queued():
+    plan = Plan(kind="task", target="t", version="1", steps=(step("t"),))
+    store = MemoryRunStore()
+    executor = WaitsFirst({"t": lambda d: {"ok": True}}, store)
+    rec = record(plan).model_copy(update={"status": ExecutionStatus.QUEUED})
+    asyncio.run(Driver(executor, store).run(plan, {}, rec))
+
+    assert executor.seen == [("queued", "loading", None), ("queued", "busy", None)]
+    started = store.saved[-1]  # the write when its body started
+    assert started.status == ExecutionStatus.RUNNING and started.deliveries == 1
+    assert started.steps[0].started_at is not None
+    assert [m.phase.value for m in rec.steps[0].phases] == [
+        "queued",
+        "loading",
+        "busy",
+        "running",
+        "done",
+    ]
+    assert [w[0] for w in rec.steps[0].waits()] == [StepPhase.LOADING, StepPhase.BUSY]
+
+
+def test_an_execution_cancelled_while_its_step_waited_stops_without_running():
+    plan = Plan(kind="task", target="t", version="1", steps=(step("t"),))
+    store = MemoryRunStore()
+    store.ended.add("E1")  # a cancel ended its record while it waited for a replica
+    ran: list = []
+    rec = record(plan).model_copy(update={"status": ExecutionStatus.QUEUED})
+    executor = WaitsFirst({"t": lambda d: ran.append(d)}, store)
+    with pytest.raises(EndedElsewhere):
+        asyncio.run(Driver(executor, store).run(plan, {}, rec))
+    assert ran == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from orchestrator.models import StepPhase
 from orchestrator.plan import PlannedStep
 from orchestrator.policy import StepPolicy
 from orchestrator.runtime.router import ReplicaView, Router
@@ -24,7 +25,7 @@ class Replicas:
         self.failures: list[tuple[str, str]] = []
         self.generations: dict[str, int] = {}
 
-    async def replicas(self, task_id, version, sha256):
+    async def replicas(self, task_id, version, sha256, wait_s=None):
         self.fetches.append(sha256)
         return self.view
 
@@ -91,13 +92,13 @@ def test_a_report_marks_the_sets_that_changed_since_they_were_fetched():
         r = router(source)
         name, _ = await r.acquire(step())
         await r.report()
-        assert source.demand == {"t@1": 1} and not r.routes["t@1"].stale
+        assert source.demand == {"t@1": [1, 1]} and not r.routes["t@1"].stale  # [calls, width]
         source.generations = {"t@1": 7}
         await r.report()
         assert r.routes["t@1"].stale
         r.release(step(), name)
         await r.report()
-        assert source.demand == {"t@1": 0}
+        assert source.demand == {"t@1": [0, 1]}
 
     asyncio.run(scenario())
 
@@ -171,5 +172,61 @@ def test_a_call_a_lost_delivery_left_on_a_replica_goes_back_to_that_replica():
         assert (await asyncio.wait_for(again, 5))[0] == "r1"
         gone, _ = await r.acquire(step(), prefer="r9")  # not in the set: any replica
         assert gone == "r0"
+
+    asyncio.run(scenario())
+
+
+class Cold(Replicas):
+    """A set with no replica ready: each ask says what it waits for, in turn."""
+
+    def __init__(self, phases: list[StepPhase]):
+        super().__init__([])
+        self.phases = phases
+        self.reports: list[dict] = []
+
+    async def replicas(self, task_id, version, sha256, wait_s=None):
+        self.fetches.append(sha256)
+        if self.phases:
+            return ReplicaView(0, {}, 1, self.phases.pop(0))
+        return ReplicaView(1, {"r0": "handle-r0"}, 1)
+
+    async def report(self, consumer, demand):
+        self.reports.append(demand)
+        return {}
+
+
+def test_a_call_that_waits_says_why_each_time_it_changes():
+    async def scenario():
+        source = Cold([StepPhase.STARTING, StepPhase.LOADING, StepPhase.LOADING])
+        r = Router(source, "test", report_s=3600, wait_s=0.01)
+        told: list[StepPhase] = []
+
+        async def on_wait(phase):
+            told.append(phase)
+
+        name, _ = await r.acquire(step(), on_wait=on_wait)
+        busy = asyncio.create_task(r.acquire(step(), on_wait=on_wait))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        r.release(step(), name)
+        await asyncio.wait_for(busy, 5)
+        assert told == [StepPhase.STARTING, StepPhase.LOADING, StepPhase.BUSY]
+
+    asyncio.run(scenario())
+
+
+def test_a_plan_taken_up_is_demand_at_once_until_its_calls_come():
+    async def scenario():
+        source = Cold([])
+        r = Router(source, "test", report_s=3600, wait_s=3600)
+        plan_steps = [step()]
+        r.expect("E1", plan_steps, {"t@1": 2})
+        await asyncio.sleep(0.01)  # the report that was due at once
+        assert source.reports == [{"t@1": [2, 2]}]  # two slots, both for one execution
+        name, _ = await r.acquire(step(), execution_id="E1")
+        assert r.routes["t@1"].wanted == 2  # one call here, one still to come
+        r.release(step(), name)
+        r.forget("E1")
+        assert r.routes["t@1"].wanted == 0
 
     asyncio.run(scenario())
