@@ -32,10 +32,11 @@ format: install
 	$(BIN)/ruff format .
 
 # Every benchmark side by side in one run (Celery and matplotlib from the bench extra);
-# writes benchmarks/results.md, throughput.md/png and workloads.md/png.
+# writes benchmarks/results.md, coldstart.md, throughput.md/png and workloads.md/png.
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/pipelines.py
+	$(BIN)/python benchmarks/coldstart.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/workloads.py
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,13 @@ from typer.core import TyperGroup
 
 from orchestrator import Client, logs, stack
 from orchestrator.errors import OrchestratorError
-from orchestrator.models import ExecutionRecord, ExecutionStatus, StepStatus
+from orchestrator.models import (
+    ExecutionRecord,
+    ExecutionStatus,
+    StepPhase,
+    StepRecord,
+    StepStatus,
+)
 from orchestrator.secrets import redact_text
 from orchestrator.settings import Settings, load_settings
 from orchestrator.workers import Workers
@@ -191,12 +198,13 @@ def show_record(record: ExecutionRecord, as_json: bool) -> None:
 
 
 def steps_table(record: ExecutionRecord) -> Table:
-    """Each step with its status, attempts, timing and worker."""
+    """Each step with its status, what it waits for, attempts, timing and worker."""
     table = Table(title="steps")
     for column in (
         "step",
         "task",
         "status",
+        "phase",
         "attempts",
         "started",
         "duration",
@@ -205,13 +213,14 @@ def steps_table(record: ExecutionRecord) -> Table:
         "error",
     ):
         table.add_column(column)
-    base = record.started_at or record.submitted_at
+    base = record.submitted_at
     for s in record.steps:
         offset = f"+{seconds(s.started_at - base)}" if s.started_at else "-"
         table.add_row(
             s.step_id,
             s.task_id,
             status_style(s.status),
+            phase_text(s, record),
             str(s.attempts),
             offset,
             seconds(s.duration),
@@ -220,3 +229,19 @@ def steps_table(record: ExecutionRecord) -> Table:
             s.error.message if s.error else "",
         )
     return table
+
+
+def phase_text(step: StepRecord, record: ExecutionRecord) -> str:
+    """What a step does or waits for now, and since how long ("loading 1.2s");
+    for an ended step, the longest wait it had before running, if any."""
+    if not step.phases:
+        return "-"
+    last = step.phases[-1]
+    if last.phase not in (StepPhase.DONE, StepPhase.CACHED) and not record.status.terminal:
+        colour = "yellow" if last.phase.waiting else "cyan"
+        return f"[{colour}]{last.phase.value}[/] {seconds(time.time() - last.at)}"
+    waits = step.waits()
+    if not waits:
+        return "cached" if step.cache_hit else "ran"
+    phase, waited = max(waits, key=lambda w: w[1])
+    return f"waited {seconds(waited)} ({phase})"

@@ -7,6 +7,7 @@ import typer
 from cli import backups, dlq, executions, pipeline, stack, task, worker
 from cli.common import CleanErrors
 from cli.run import run
+from cli.warm import warm
 
 app = typer.Typer(
     name="wtm",
@@ -21,6 +22,7 @@ app.command()(stack.health)
 app.command()(stack.supervise)
 app.command()(stack.demo)
 app.command()(run)
+app.command()(warm)
 app.command()(backups.backup)
 app.command()(backups.restore)
 app.add_typer(task.app, name="task")

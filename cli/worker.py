@@ -8,8 +8,8 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from cli.common import console, print_json, seconds, size, state
-from orchestrator.models import WorkerRecord, WorkerState
+from cli.common import console, print_json, seconds, size, state, when
+from orchestrator.models import ReplicaEvent, WorkerRecord, WorkerState
 
 app = typer.Typer(help="Replicas that serve the tasks.", no_args_is_help=True)
 
@@ -34,13 +34,36 @@ def start(
 
 
 @app.command()
-def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Every replica's last heartbeat (silent ones are shown dead)."""
-    workers = state(ctx).client.workers()
+def status(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json"),
+    events: int = typer.Option(8, min=0, help="Also show this many recent starts and stops."),
+) -> None:
+    """Every replica's last heartbeat (silent ones are shown dead), and why the newest
+    started or stopped."""
+    client = state(ctx).client
+    workers = client.workers()
     if as_json:
         print_json(workers)
+        return
+    console.print(_table(workers))
+    if events:
+        console.print(_events_table(client.replica_events(events)))
+
+
+@app.command("events")
+def events_(
+    ctx: typer.Context,
+    limit: int = typer.Option(20, min=1, help="At most this many, newest first."),
+    task: str | None = typer.Option(None, "--task", help="Only this task's replicas."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Replica starts and stops, newest first, each with why (demand, warm, idle, room...)."""
+    found = state(ctx).client.replica_events(limit, task)
+    if as_json:
+        print_json(found)
     else:
-        console.print(_table(workers))
+        console.print(_events_table(found))
 
 
 @app.command()
@@ -133,4 +156,17 @@ def _table(workers: list[WorkerRecord]) -> Table:
             size(w.memory),
             age,
         )
+    return table
+
+
+def _events_table(events: list[ReplicaEvent]) -> Table:
+    table = Table(title=f"replica starts and stops ({len(events)}, newest first)")
+    table.add_column("when", no_wrap=True)
+    table.add_column("replica", no_wrap=True)
+    table.add_column("event")
+    table.add_column("why")
+    colours = {"started": "green", "stopping": "yellow", "stopped": "red"}
+    for e in events:
+        colour = colours.get(e.event, "white")
+        table.add_row(when(e.at), e.replica, f"[{colour}]{e.event}[/]", e.reason)
     return table
