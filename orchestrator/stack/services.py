@@ -51,6 +51,10 @@ def ray_env(settings: Settings, token_file: Path) -> dict[str, str]:
     the control plane gets its settings as arguments, replicas only what they need."""
     env = {k: v for k, v in stack_env(settings).items() if not k.startswith("WTM_")}
     env["WTM_HOME"] = str(settings.home)
+    # Ray lowers its workers' priority (niceness 15) to keep its own daemons
+    # responsive on a dedicated node; on one shared machine that starves the
+    # replicas behind any busy program, so they run at the user's priority.
+    env["RAY_worker_niceness"] = "0"
     return cluster.with_auth(env, token_file)
 
 
@@ -132,6 +136,10 @@ def start_ray(settings: Settings, state: StackState) -> None:
         *("--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent)),
         *("--metrics-export-port", str(metrics)),  # Prometheus reads Ray's and wtm's metrics here
         *("--temp-dir", str(temp_dir), "--disable-usage-stats", "--include-dashboard", "true"),
+        # What one machine does not use: the autoscaler's monitor (nothing to scale) and
+        # the log monitor (no driver of this stack prints its workers' logs: each
+        # process writes its own file under $WTM_HOME/logs).
+        *("--no-monitor", "--include-log-monitor", "false"),
     ]
     if settings.ray.num_cpus is not None:
         cmd += ["--num-cpus", str(settings.ray.num_cpus)]
