@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import say, stop_stack  # noqa: E402
+from cpu import CpuMeter, stack_groups, tree_groups  # noqa: E402
 
 from orchestrator import Client, cluster, stack  # noqa: E402
 from orchestrator.models import ExecutionStatus  # noqa: E402
@@ -81,11 +82,12 @@ def ours(client: Client, work: Path) -> dict[str, Any]:
     for _ in range(WARMUP):
         client.run("noop", {})
     say(f"  ours: map and gather {JOBS} jobs ...")
-    started = time.perf_counter()
-    jobs = client.map("noop", [{}] * JOBS)
-    submitted = time.perf_counter() - started
-    results = client.gather(jobs, timeout=600, return_exceptions=True, progress=False)
-    elapsed = time.perf_counter() - started
+    with CpuMeter(lambda: stack_groups(client.settings.home)) as cpu:
+        started = time.perf_counter()
+        jobs = client.map("noop", [{}] * JOBS)
+        submitted = time.perf_counter() - started
+        results = client.gather(jobs, timeout=600, return_exceptions=True, progress=False)
+        elapsed = time.perf_counter() - started
     failed = sum(isinstance(r, Exception) for r in results)
     say(f"  ours: {JOBS} jobs submitted one by one ...")
     started = time.perf_counter()
@@ -97,6 +99,7 @@ def ours(client: Client, work: Path) -> dict[str, Any]:
     trips = timed_calls(lambda: client.run("noop", {}), ROUND_TRIPS)
     return {
         "jobs_per_s": JOBS / elapsed,
+        "cpu_ms": cpu.per_job(JOBS),
         "submit_per_s": JOBS / submitted,
         "one_by_one_per_s": JOBS / one_by_one,
         "one_by_one_submit_per_s": JOBS / one_by_one_submitted,
@@ -119,13 +122,15 @@ def bare_ray(settings: Settings) -> dict[str, Any]:
     actor = Noop.remote()
     ray.get([actor.f.remote() for _ in range(WARMUP)])
     say(f"  bare Ray: {JOBS} calls ...")
-    started = time.perf_counter()
-    ray.get([actor.f.remote() for _ in range(JOBS)])
-    elapsed = time.perf_counter() - started
+    with CpuMeter(lambda: stack_groups(settings.home)) as cpu:
+        started = time.perf_counter()
+        ray.get([actor.f.remote() for _ in range(JOBS)])
+        elapsed = time.perf_counter() - started
     trips = timed_calls(lambda: ray.get(actor.f.remote()), ROUND_TRIPS)
     ray.kill(actor)
     return {
         "jobs_per_s": JOBS / elapsed,
+        "cpu_ms": cpu.per_job(JOBS),
         "failed": 0,
         "p50_ms": statistics.median(trips) * 1000,
         "p99_ms": percentile(trips, 0.99) * 1000,
@@ -222,12 +227,19 @@ def celery_side(home: Path) -> dict[str, Any] | None:
         for _ in range(WARMUP):
             benchapp.noop.delay().get(timeout=30)
         say(f"  Celery: {JOBS} jobs ...")
-        started = time.perf_counter()
-        group(benchapp.noop.s() for _ in range(JOBS))().get(timeout=600)
-        elapsed = time.perf_counter() - started
+
+        def processes() -> dict[int, str]:
+            redis = {pid: "redis" for pid in ([state.redis_pid] if state.redis_pid else [])}
+            return {**tree_groups(worker.pid, "celery worker"), **redis, os.getpid(): "client"}
+
+        with CpuMeter(processes) as cpu:
+            started = time.perf_counter()
+            group(benchapp.noop.s() for _ in range(JOBS))().get(timeout=600)
+            elapsed = time.perf_counter() - started
         trips = timed_calls(lambda: benchapp.noop.delay().get(timeout=30), ROUND_TRIPS)
         return {
             "jobs_per_s": JOBS / elapsed,
+            "cpu_ms": cpu.per_job(JOBS),
             "failed": 0,
             "p50_ms": statistics.median(trips) * 1000,
             "p99_ms": percentile(trips, 0.99) * 1000,
@@ -264,12 +276,15 @@ def report(sides: dict[str, dict | None], group: dict[str, Any], seconds: float)
             f"| {name} | {r['jobs_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['failed']} |"
         )
+    lines += ["", *cpu_table(sides)]
     if celery_:
         lines += [
             "",
             f"This system against Celery: **{ours_['jobs_per_s'] / celery_['jobs_per_s']:.2f}x** "
             f"the throughput (target 2x), p50 round trip "
-            f"**{ours_['p50_ms'] / celery_['p50_ms']:.2f}x** Celery's (target at most 1x).",
+            f"**{ours_['p50_ms'] / celery_['p50_ms']:.2f}x** Celery's (target at most 1x), "
+            f"**{ours_['cpu_ms']['machine'] / celery_['cpu_ms']['machine']:.2f}x** Celery's "
+            "machine CPU per job (target at most 1x).",
         ]
     lines += [
         f"This system's row is `client.gather(client.map(...))`; `map` submitted at "
@@ -286,6 +301,23 @@ def report(sides: dict[str, dict | None], group: dict[str, Any], seconds: float)
         "",
     ]
     return "\n".join(lines)
+
+
+def cpu_table(sides: dict[str, dict | None]) -> list[str]:
+    """CPU per job during each side's burst: the machine's, then each process group's."""
+    groups = sorted({g for r in sides.values() if r for g in r["cpu_ms"]} - {"machine"})
+    lines = [
+        "CPU per job over each burst, in ms (the machine's from /proc/stat, each group's "
+        "from its processes' /proc/PID/stat):",
+        "",
+        "| side | machine | " + " | ".join(groups) + " |",
+        "|---|---:|" + "---:|" * len(groups),
+    ]
+    for name, r in sides.items():
+        if r:
+            cells = [f"{r['cpu_ms'][g]:.2f}" if g in r["cpu_ms"] else "" for g in groups]
+            lines.append(f"| {name} | {r['cpu_ms']['machine']:.2f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def chart(sides: dict[str, dict | None]) -> bool:

@@ -16,8 +16,6 @@ from rich.progress import (
 )
 
 from cli.common import console, err_console, print_json, size, state
-from orchestrator.backup import backup as back_up
-from orchestrator.restore import restore as restore_backup
 
 FORCE_BACKUP = "Write into DIR even if it is not empty (an earlier backup there is replaced)."
 FORCE_RESTORE = "Restore even if the target holds data: the backup's records and objects win."
@@ -38,6 +36,8 @@ def backup(
     `wtm restore --help`.
     """
     with _Bars() as bars:
+        from orchestrator.backup import backup as back_up
+
         manifest = back_up(state(ctx).settings, folder, force=force, progress=bars)
     if as_json:
         print_json(manifest.summary(folder))
@@ -71,6 +71,8 @@ def restore(
     """
     settings = state(ctx).settings
     with _Bars() as bars:
+        from orchestrator.restore import restore as restore_backup
+
         restored = restore_backup(settings, folder, force=force, progress=bars)
     if as_json:
         print_json(restored.as_dict())

@@ -6,29 +6,23 @@ import json
 import sys
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import redis
 import typer
-from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from orchestrator import Client, logs, stack
 from orchestrator.errors import OrchestratorError
-from orchestrator.models import (
-    ExecutionRecord,
-    ExecutionStatus,
-    StepPhase,
-    StepRecord,
-    StepStatus,
-)
 from orchestrator.secrets import redact_text
-from orchestrator.settings import Settings, load_settings
-from orchestrator.workers import Workers
+
+if TYPE_CHECKING:  # imported where used: `wtm --help` loads none of the library
+    from orchestrator import Client
+    from orchestrator.models import ExecutionRecord, ExecutionStatus, StepRecord, StepStatus
+    from orchestrator.settings import Settings
+    from orchestrator.workers import Workers
 
 # Piped or captured output is not cut to 80 columns: tables stay readable in logs.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -44,8 +38,11 @@ class CleanErrors(TyperGroup):
         except OrchestratorError as e:
             _error(str(e))
             raise typer.Exit(e.exit_code) from e
-        except redis.RedisError as e:  # Redis went away mid-command
-            _error(f"cannot reach Redis: {type(e).__name__}: {e}")
+        except Exception as e:
+            redis = sys.modules.get("redis")  # a command that never used Redis never fails in it
+            if redis is None or not isinstance(e, redis.RedisError):
+                raise
+            _error(f"cannot reach Redis: {type(e).__name__}: {e}")  # it went away mid-command
             raise typer.Exit(1) from e
 
 
@@ -64,6 +61,9 @@ class AppState:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from orchestrator import logs
+            from orchestrator.settings import load_settings
+
             self._settings = load_settings()
             # The file gets the configured level and format; stderr only warnings, as text.
             logs.configure(self._settings, "cli", "wtm", stderr="WARNING", plain_stderr=True)
@@ -72,11 +72,16 @@ class AppState:
     @property
     def client(self) -> Client:
         if self._client is None:
+            from orchestrator.client import Client
+
             self._client = Client(self.settings, notify=notify)
         return self._client
 
     def workers(self) -> Workers:
         """Control of the replicas: starts the stack first if it is down (and says so)."""
+        from orchestrator import stack
+        from orchestrator.workers import Workers
+
         return Workers(stack.ensure(self.settings, notify))
 
 
@@ -94,6 +99,8 @@ def state(ctx: typer.Context) -> AppState:
 
 def print_json(data: Any) -> None:
     """JSON on stdout, for jq: models are dumped with their field names."""
+    from pydantic import BaseModel
+
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
     elif isinstance(data, list):
@@ -122,19 +129,19 @@ def size(n: int | None) -> str:
 
 
 _COLOURS = {
-    ExecutionStatus.SUCCEEDED: "green",
-    ExecutionStatus.FAILED: "red",
-    ExecutionStatus.RUNNING: "yellow",
-    ExecutionStatus.QUEUED: "cyan",
-    ExecutionStatus.DEAD_LETTERED: "magenta",
-    ExecutionStatus.CANCELLED: "dim",
-    StepStatus.SKIPPED: "dim",
+    "succeeded": "green",
+    "failed": "red",
+    "running": "yellow",
+    "queued": "cyan",
+    "dead_lettered": "magenta",
+    "cancelled": "dim",
+    "skipped": "dim",
 }
 
 
 def status_style(status: ExecutionStatus | StepStatus) -> str:
     """A status in its colour (step states share the execution states' colours)."""
-    return f"[{_COLOURS.get(status, 'white')}]{status.value}[/]"
+    return f"[{_COLOURS.get(status.value, 'white')}]{status.value}[/]"
 
 
 def render_result(result: Any, title: str = "Result") -> None:
@@ -237,7 +244,7 @@ def phase_text(step: StepRecord, record: ExecutionRecord) -> str:
     if not step.phases:
         return "-"
     last = step.phases[-1]
-    if last.phase not in (StepPhase.DONE, StepPhase.CACHED) and not record.status.terminal:
+    if last.phase.value not in ("done", "cached") and not record.status.terminal:
         colour = "yellow" if last.phase.waiting else "cyan"
         return f"[{colour}]{last.phase.value}[/] {seconds(time.time() - last.at)}"
     waits = step.waits()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
@@ -17,8 +19,9 @@ from cli.common import (
     when,
 )
 from cli.live import show_outcome
-from orchestrator import logs
-from orchestrator.models import ExecutionStatus
+
+if TYPE_CHECKING:
+    from orchestrator import logs
 
 app = typer.Typer(help="Execution history.", no_args_is_help=True)
 
@@ -81,10 +84,10 @@ def show(
         return
     show_record(record, as_json=False)
     console.print(steps_table(record))
+    from orchestrator.logs import execution_logs
+
     replicas = [s.worker_id for s in record.steps if s.worker_id] + [record.worker_id or ""]
-    show_logs(
-        logs.execution_logs(app_state.settings, execution_id, list(filter(None, replicas))), lines
-    )
+    show_logs(execution_logs(app_state.settings, execution_id, list(filter(None, replicas))), lines)
 
 
 def show_logs(found: list[logs.LogLines], lines: int) -> None:
@@ -102,7 +105,7 @@ def show_logs(found: list[logs.LogLines], lines: int) -> None:
 def cancel(ctx: typer.Context, execution_id: str) -> None:
     """Cancel a queued or running execution (a running step is stopped with its replica)."""
     record = state(ctx).client.cancel(execution_id)
-    if record.status == ExecutionStatus.CANCELLED:
+    if record.status.value == "cancelled":
         console.print(f"{execution_id} cancelled")
     else:
         console.print(f"{execution_id} is running: its running step is being stopped")

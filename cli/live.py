@@ -8,6 +8,7 @@ record is printed after it); piped, nothing but the final record is printed.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Group
@@ -16,8 +17,10 @@ from rich.text import Text
 
 from cli.common import console, err_console, seconds, show_record, status_style, steps_table
 from orchestrator.errors import Detached, WaitTimeout
-from orchestrator.jobs import Job
-from orchestrator.models import ExecutionRecord, ExecutionStatus
+
+if TYPE_CHECKING:
+    from orchestrator.jobs import Job
+    from orchestrator.models import ExecutionRecord
 
 
 def _view(record: ExecutionRecord, since: float) -> Group:
@@ -71,7 +74,7 @@ def show_outcome(job: Job, timeout: float | None, as_json: bool) -> None:
 
 def exit_unless_succeeded(record: ExecutionRecord, timeout: float | None) -> None:
     """Exit 1 for a failed execution, or one still going when --timeout ran out."""
-    if record.status == ExecutionStatus.SUCCEEDED:
+    if record.status.value == "succeeded":
         return
     if not record.status.terminal:
         waited = f" after {timeout:g}s" if timeout is not None else ""

@@ -13,7 +13,6 @@ from cli import run
 from cli.common import console, print_json, state, when
 from orchestrator.errors import NotFoundError
 from orchestrator.inputs import parse_input
-from orchestrator.pipelines.registry import mermaid
 
 app = typer.Typer(help="Register, inspect and execute pipelines.", no_args_is_help=True)
 
@@ -75,6 +74,8 @@ def info(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Steps as a tree with dependencies and groups, then a Mermaid graph."""
+    from orchestrator.pipelines.registry import mermaid
+
     client = state(ctx).client
     record = client.pipeline(pipeline_id, version)
     spec = record.spec

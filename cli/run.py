@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from cli.common import console, print_json, state
 from cli.live import show_outcome
-from orchestrator import Client
-from orchestrator.client import Kind
 from orchestrator.inputs import parse_input
+
+if TYPE_CHECKING:
+    from orchestrator import Client
+    from orchestrator.client import Kind
 
 
 def run(

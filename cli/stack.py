@@ -9,14 +9,13 @@ import typer
 from rich.table import Table
 
 from cli.common import console, print_json, render_result, seconds, state, steps_table
-from orchestrator import logs, stack
-from orchestrator.demo import run_demo
 from orchestrator.errors import InputError
-from orchestrator.stack.supervisor import watch_cluster
 
 
 def up(ctx: typer.Context) -> None:
     """Start the embedded stack (Redis, Ray head, dispatchers); idempotent."""
+    from orchestrator import stack
+
     settings = state(ctx).settings
     with console.status("starting the embedded stack") as status:
         st = stack.up(settings, notify=lambda msg: status.update(msg))
@@ -31,6 +30,8 @@ def up(ctx: typer.Context) -> None:
 
 def down(ctx: typer.Context) -> None:
     """Stop everything `wtm up` started for this WTM_HOME."""
+    from orchestrator import stack
+
     settings = state(ctx).settings
     stopped = stack.down(settings)
     if stopped:
@@ -52,6 +53,9 @@ def supervise(ctx: typer.Context) -> None:
             "`wtm supervise` watches a cluster you run (set WTM_REDIS__URL and "
             "WTM_RAY__ADDRESS); the embedded stack is supervised by `wtm up`"
         )
+    from orchestrator import logs
+    from orchestrator.stack.supervisor import watch_cluster
+
     # Every line to stderr too, in the configured format: the container's log.
     logs.configure(settings, "supervise", stderr=settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
@@ -60,6 +64,8 @@ def supervise(ctx: typer.Context) -> None:
 
 def health(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Report each component: Redis, records, objects, Ray, dispatchers."""
+    from orchestrator import stack
+
     components = stack.health(state(ctx).settings)
     if as_json:
         print_json(components)
@@ -81,6 +87,9 @@ def demo(
     pipelines_dir: Path = typer.Option(Path("pipelines"), help="Built-in pipelines."),
 ) -> None:
     """Register the examples and run the face processing pipeline on a sample photo."""
+    from orchestrator import stack
+    from orchestrator.demo import run_demo
+
     client = state(ctx).client
     with console.status(f"registering the examples, then running the face pipeline on {image}"):
         done = run_demo(client, image, tasks_dir, pipelines_dir)

@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cli.common import console, print_json, render_result, size, state, when
-from orchestrator import templates
 from orchestrator.inputs import parse_input
 
 app = typer.Typer(help="Register, inspect and test task packages.", no_args_is_help=True)
@@ -149,6 +148,8 @@ def create(
     directory: Path = typer.Option(Path("task_pkgs"), "--dir", help="Parent folder."),
 ) -> None:
     """Write a new task package (task.py, task.json, README, a test)."""
+    from orchestrator import templates
+
     folder = templates.create(name, template, author, directory)
     console.print(f"created {folder}: edit task.py, then `wtm task register {folder}`")
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
 from cli.common import console, print_json, seconds, size, state, when
-from orchestrator.models import ReplicaEvent, WorkerRecord, WorkerState
+
+if TYPE_CHECKING:
+    from orchestrator.models import ReplicaEvent, WorkerRecord
 
 app = typer.Typer(help="Replicas that serve the tasks.", no_args_is_help=True)
 
@@ -138,10 +141,10 @@ def _table(workers: list[WorkerRecord]) -> Table:
     now = time.time()
     for w in workers:
         colour = {
-            WorkerState.DEAD: "red",
-            WorkerState.BUSY: "yellow",
-            WorkerState.BROKEN: "magenta",
-        }.get(w.state, "green")
+            "dead": "red",
+            "busy": "yellow",
+            "broken": "magenta",
+        }.get(w.state.value, "green")
         age = f"{now - w.heartbeat_at:.0f}s ago" if w.heartbeat_at else "-"
         table.add_row(
             w.worker_id,

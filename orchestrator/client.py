@@ -17,11 +17,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import redis
-
-from orchestrator import artifacts, keys, lifecycle, packages, stack
+from orchestrator import artifacts, keys, lifecycle, packages
 from orchestrator.errors import (
     ConflictError,
     Detached,
@@ -40,9 +38,6 @@ from orchestrator.inputs import (
     shape_input,
     upload_files,
 )
-from orchestrator.intake import Job as QueuedJob
-from orchestrator.intake import enqueue, enqueue_many
-from orchestrator.jobs import Executions, Job, finished
 from orchestrator.lifecycle import Event
 from orchestrator.models import (
     DeadLetter,
@@ -55,19 +50,20 @@ from orchestrator.models import (
     new_execution_id,
 )
 from orchestrator.objects import ObjectStore, open_objects
-from orchestrator.outputs import restore
-from orchestrator.pipelines import registry as pipeline_registry
-from orchestrator.pipelines.graph import check_input, check_step_inputs, compile_plan
-from orchestrator.pipelinespec import load_file
 from orchestrator.plan import Plan, task_plan, task_queue
-from orchestrator.progress import bar as progress_bar
 from orchestrator.records import RecordStore, open_records
-from orchestrator.resilience import redis_client
-from orchestrator.retention import Pruned, parse_duration, prune
-from orchestrator.runner import TaskRunner, validate_input
 from orchestrator.settings import Settings, load_settings
 from orchestrator.suggest import did_you_mean
-from orchestrator.workers import Workers, replica_events, worker_status
+
+# Redis, Ray and what waits on them are imported where first used: a command
+# that only reads the registry (`wtm task list`) loads none of them.
+if TYPE_CHECKING:
+    import redis
+
+    from orchestrator import stack
+    from orchestrator.intake import Job as QueuedJob
+    from orchestrator.jobs import Executions, Job
+    from orchestrator.retention import Pruned
 
 Kind = Literal["task", "pipeline"]
 
@@ -118,6 +114,9 @@ class Client:
     # connection --------------------------------------------------------------
     def connect(self) -> Client:
         """Reach the stack's Redis (starting the embedded stack if allowed); idempotent."""
+        from orchestrator import stack
+        from orchestrator.resilience import redis_client
+
         if self._redis is None:
             if self._start:
                 self.settings = stack.ensure(self.settings, self._notify)
@@ -196,6 +195,8 @@ class Client:
         self, task_id: str, input_data: Any, version: str | None = None, cwd: Path | None = None
     ) -> dict[str, Any]:
         """Run a registered task in this process, without the cluster."""
+        from orchestrator.runner import TaskRunner
+
         record = self.task(task_id, version)
         document = self._task_input(record, input_data, cwd, upload=False)
         runner = TaskRunner.load(record, self.objects, self.settings.package_cache)
@@ -215,6 +216,9 @@ class Client:
         self, paths: list[str | Path], force: bool = False
     ) -> list[tuple[PipelineRecord, bool]]:
         """Register every pipeline in these files, all or none: each is validated first."""
+        from orchestrator.pipelines import registry as pipeline_registry
+        from orchestrator.pipelinespec import load_file
+
         candidates = [
             pipeline_registry.candidate(spec, self.records.get_task, self.settings)
             for path in paths
@@ -226,6 +230,8 @@ class Client:
         self, root: str | Path, force: bool = False
     ) -> list[tuple[PipelineRecord, bool]]:
         """Register every pipeline file directly under ``root``."""
+        from orchestrator.pipelines import registry as pipeline_registry
+
         return self.register_pipeline_files(pipeline_registry.discover(Path(root)), force)
 
     def pipelines(self) -> list[PipelineRecord]:
@@ -239,10 +245,14 @@ class Client:
 
     def validate_pipelines(self, path: str | Path) -> list[Plan]:
         """Check a pipeline file against the registry without registering it."""
+        from orchestrator.pipelines import registry as pipeline_registry
+
         return pipeline_registry.validate_file(Path(path), self.records.get_task, self.settings)
 
     def plan(self, target: str, version: str | None = None, kind: Kind | None = None) -> Plan:
         """The plan a task or pipeline would run now: tasks pinned, policies resolved."""
+        from orchestrator.pipelines.graph import compile_plan
+
         found = self._target(target, version, kind)
         if isinstance(found, TaskRecord):
             return task_plan(found, self.settings)
@@ -266,6 +276,8 @@ class Client:
         where it has fewer than wanted, why. This process becomes a Ray
         driver of the stack's cluster for the call.
         """
+        from orchestrator.workers import Workers
+
         slots = self.plan(target, version, kind).slots()
         self.connect()
         return Workers(self.settings).warm(slots, timeout)
@@ -311,6 +323,10 @@ class Client:
         Every input is validated before anything is submitted (one bad input
         submits none), and the jobs reach their stream in one Redis round trip.
         """
+        from orchestrator.intake import Job as QueuedJob
+        from orchestrator.intake import enqueue_many
+        from orchestrator.jobs import Job
+
         found = self._target(target, version, kind)
         # Every input validated before any file is uploaded: a bad one leaves nothing.
         built = [self._new(found, doc, priority, cwd, cache, upload=False) for doc in inputs]
@@ -332,6 +348,8 @@ class Client:
 
     def job(self, execution_id: str, target: str | None = None) -> Job:
         """A handle on an execution by id (after a notebook restart, say)."""
+        from orchestrator.jobs import Job
+
         if target is None:  # reattaching: the execution must exist
             target = self.execution(execution_id).target
         return Job(self, execution_id, target)
@@ -347,6 +365,9 @@ class Client:
         ``progress`` shows a bar (default: in a notebook only); ``timeout``
         bounds the whole wait (then :class:`~orchestrator.errors.WaitTimeout`).
         """
+        from orchestrator.jobs import finished
+        from orchestrator.progress import bar as progress_bar
+
         jobs = list(dict.fromkeys(jobs))  # each job once, however often it is given
         with progress_bar(len(jobs), "executions", progress) as bar:
             for job in finished(self, jobs, timeout):
@@ -445,6 +466,8 @@ class Client:
 
     def result_of(self, record: ExecutionRecord) -> Any:
         """:meth:`result` from a record already read."""
+        from orchestrator.outputs import restore
+
         document = record.result
         if record.result_ref is not None:
             key = keys.result_key_of(record.result_ref)
@@ -486,6 +509,8 @@ class Client:
     ) -> Executions:
         """Newest first; a list that shows as a table in a notebook and has
         ``to_dict()`` and ``to_pandas()`` for analysis."""
+        from orchestrator.jobs import Executions
+
         try:
             wanted = ExecutionStatus(status) if status else None
         except ValueError as e:
@@ -515,6 +540,8 @@ class Client:
 
         Queued and running executions stay, whatever their age.
         """
+        from orchestrator.retention import parse_duration, prune
+
         if older_than is None:
             days = self.settings.retention.older_than_days
             if not days:
@@ -601,10 +628,14 @@ class Client:
 
     def workers(self) -> list[WorkerRecord]:
         """Every replica's last heartbeat; silent ones are reported dead."""
+        from orchestrator.workers import worker_status
+
         return worker_status(self.records, self.settings)
 
     def replica_events(self, limit: int = 20, task_id: str | None = None) -> list[ReplicaEvent]:
         """The newest replica starts and stops, each with why (``wtm worker events``)."""
+        from orchestrator.workers import replica_events
+
         return replica_events(self._queue(), limit, task_id)
 
     # steps -------------------------------------------------------------------
@@ -612,6 +643,8 @@ class Client:
         self, record: TaskRecord, input_data: Any, cwd: Path | None, upload: bool = True
     ) -> Any:
         """Shape, resolve and validate an input; files go to the object store."""
+        from orchestrator.runner import validate_input
+
         schema = record.spec.input_schema
         document = resolve_paths(shape_input(input_data, schema), cwd or Path.cwd())
         validate_input(schema, document, f"{record.task_id} input")
@@ -689,6 +722,8 @@ class Client:
         cwd: Path | None,
         upload: bool = True,
     ) -> tuple[ExecutionRecord, Plan]:
+        from orchestrator.pipelines.graph import check_input, check_step_inputs, compile_plan
+
         spec = record.spec
         plan = compile_plan(spec, self.records.get_task, self.settings)  # tasks may have changed
         checks = spec.input_validation
@@ -720,6 +755,9 @@ class Client:
         Returns the execution id that stands for this submission: an earlier
         one's, if ``key`` was already used.
         """
+        from orchestrator.intake import Job as QueuedJob
+        from orchestrator.intake import enqueue
+
         if key is not None:
             _check_key(key)
         r = self._queue()  # may start the embedded stack: that is not queue time
@@ -749,6 +787,8 @@ class Client:
 
     def _take_back(self, execution_ids: list[str], cause: BaseException) -> None:
         """Delete the records of jobs that never reached their stream; say what is left."""
+        import redis
+
         for execution_id in execution_ids:
             try:
                 self.records.delete_execution(execution_id)
@@ -782,6 +822,8 @@ class Client:
         raise ConflictError(f"idempotency key {key!r} is busy; try again")
 
     def _release_key(self, r: redis.Redis, key: str | None, execution_id: str) -> None:
+        import redis
+
         if key is None:
             return
         with contextlib.suppress(redis.RedisError):
@@ -890,6 +932,8 @@ class _Events:
         self._connect()
 
     def _connect(self) -> None:
+        import redis
+
         try:
             pubsub = self.pubsubs.get()
             pubsub.subscribe(self.channel)
@@ -900,6 +944,8 @@ class _Events:
 
     def wait_for_terminal(self, seconds: float) -> Event | None:
         """The execution's terminal event, if it comes within ``seconds``."""
+        import redis
+
         if self.pubsub is None:
             time.sleep(seconds)
             self._connect()
@@ -924,6 +970,8 @@ class _Events:
         self.pubsub = None
 
     def close(self) -> None:
+        import redis
+
         if self.pubsub is not None:
             try:
                 self.pubsub.unsubscribe(self.channel)
@@ -939,7 +987,7 @@ class _Events:
 
 
 def _id(execution: Job | str) -> str:
-    return execution.id if isinstance(execution, Job) else execution
+    return execution if isinstance(execution, str) else execution.id
 
 
 def _text(value: bytes | str) -> str:
@@ -947,6 +995,8 @@ def _text(value: bytes | str) -> str:
 
 
 def _job_or_none(fields: dict) -> QueuedJob | None:
+    from orchestrator.intake import Job as QueuedJob
+
     try:
         return QueuedJob.decode(fields)
     except (ValueError, TypeError):  # written by another version, or corrupt

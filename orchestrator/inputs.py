@@ -13,11 +13,13 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import keys
 from orchestrator.errors import InputError
-from orchestrator.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from orchestrator.objects import ObjectStore
 
 
 def parse_input(text: str) -> Any:

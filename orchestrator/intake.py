@@ -6,6 +6,7 @@ so a dispatcher runs it without reading the registry.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Literal
 
@@ -71,13 +72,26 @@ class Job(BaseModel):
         return keys.stream(self.queue, keys.lane_for(self.priority))
 
     def encode(self) -> dict[str, str]:
-        """Fields for XADD."""
-        return {"job": self.model_dump_json()}
+        """Fields for XADD: the job, and its plan apart (jobs of one target share it)."""
+        return {
+            "job": self.model_dump_json(exclude={"plan"}),
+            "plan": self.plan.model_dump_json(),
+        }
 
     @classmethod
     def decode(cls, fields: dict[bytes | str, bytes | str]) -> Job:
-        raw = fields.get(b"job", fields.get("job"))
-        return cls.model_validate(json.loads(raw))
+        """The job of a stream entry. Plans are read once per distinct text: a burst
+        of one pipeline's jobs parses its plan once, not once a job."""
+        raw = json.loads(fields.get(b"job", fields.get("job")))
+        plan = fields.get(b"plan", fields.get("plan"))
+        if plan is not None:  # an entry of an older version carries it inside the job
+            raw["plan"] = _plan(plan if isinstance(plan, bytes) else plan.encode())
+        return cls.model_validate(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(text: bytes) -> Plan:
+    return Plan.model_validate_json(text)
 
 
 def enqueue(r: redis.Redis, job: Job) -> str:

@@ -228,6 +228,13 @@ class ExecutionRecord(_Times, BaseModel):
     def submitted(self) -> datetime:
         return _when(self.submitted_at)  # type: ignore[return-value]
 
+    def snapshot(self) -> ExecutionRecord:
+        """A copy to write while this one goes on changing: the record and each step
+        copied, their phase lists too; values that are replaced, never changed in
+        place (input, result, errors, marks), shared. A tenth of a deep copy's cost."""
+        steps = [s.model_copy(update={"phases": list(s.phases)}) for s in self.steps]
+        return self.model_copy(update={"steps": steps})
+
     def __repr__(self) -> str:  # pydantic's would print the whole input and result
         took = f" in {self.duration:.3f}s" if self.duration is not None else ""
         return f"<Execution {self.execution_id} {self.kind} {self.target}: {self.status}{took}>"

@@ -6,9 +6,10 @@ old object or the whole new one, never a partial write.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from orchestrator.settings import Settings
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 
 class ObjectStore(Protocol):

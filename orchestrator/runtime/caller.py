@@ -70,9 +70,10 @@ class Caller:
         """One attempt; a hung replica is killed, a dead one replaced.
 
         ``cancelled`` is asked every ``CANCEL_POLL_S`` while the call waits for
-        a replica slot (its replica placed, loaded, or busy) and once more
-        right before the call, so a job cancelled while it waited never
-        starts; and every ``CANCEL_POLL_S`` while the call runs: a cancelled
+        a replica slot (its replica placed, loaded, or busy), and ``on_start``
+        raises :class:`~orchestrator.errors.Cancelled` if it was cancelled since,
+        so a job cancelled while it waited never starts; and every
+        ``CANCEL_POLL_S`` while the call runs: a cancelled
         call has its replica killed (a running method cannot be interrupted otherwise) and
         replaced, and raises :class:`~orchestrator.errors.Cancelled`.
         """
@@ -84,9 +85,7 @@ class Caller:
             return failure(step.task_id, time.time(), getattr(e, "cause", None) or e), None
         started = time.time()
         try:
-            if await cancelled():  # between the last check and the free slot: it never starts
-                raise Cancelled(lifecycle.CANCELLED_BY_USER)
-            if on_start is not None:
+            if on_start is not None:  # it checks for a cancel since the last check
                 await on_start(name)
         except BaseException:  # cancelled, or this run stopped (its lease lost): slot back
             self.router.release(step, name)

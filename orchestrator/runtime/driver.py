@@ -293,8 +293,12 @@ class Driver:
         """The step's call goes to ``worker``, which has a free slot: its body starts.
 
         Recorded before the call: a delivery that takes over knows where it runs.
-        The first step to start begins the execution (its delivery is counted).
+        The first step to start begins the execution (its delivery is counted);
+        that write is refused if a cancel ended the execution while queued. A
+        later step asks whether the execution was cancelled since it began.
         """
+        if run.begun and await self.store.cancelled(run.record.execution_id):
+            raise Cancelled(lifecycle.CANCELLED_BY_USER)
         now = time.time()
         first = not run.begun
         lifecycle.step_started(sr, now)
@@ -322,7 +326,7 @@ class Driver:
         if not (always or run.plan.record_steps):
             return
         async with run.saving:  # snapshots land in order, each one whole
-            snapshot = run.record.model_copy(deep=True)
+            snapshot = run.record.snapshot()
             step = next(s for s in snapshot.steps if s.step_id == sr.step_id)
             event: Event = lifecycle.step_event(snapshot, step, time.time())
             if not run.plan.record_steps and run.begin_event is not None:

@@ -71,7 +71,9 @@ class RecordsRunStore:
         self.objects = objects
         self.redis = r
         self.inline_bytes = inline_bytes
-        self.writes: Grouped[ExecutionRecord, bool] = Grouped(self._write_records)
+        self.writes: Grouped[tuple[ExecutionRecord, Event | None], bool] = Grouped(
+            self._write_records
+        )
 
     async def load(self, execution_id: str) -> ExecutionRecord | None:
         return await persist(
@@ -81,10 +83,7 @@ class RecordsRunStore:
         )
 
     async def save(self, record: ExecutionRecord, event: Event) -> bool:
-        if not await self.writes(record):
-            return False
-        await self.publish(event)
-        return True
+        return await self.writes((record, event))
 
     async def publish(self, event: Event) -> None:
         try:
@@ -134,17 +133,34 @@ class RecordsRunStore:
         """
         if record.result is not None:
             await asyncio.to_thread(self._offload_result, record)
-        await self.writes(record)
+        await self.writes((record, None))
         if kept_outputs:
             await asyncio.to_thread(self._forget_kept, record)
 
     # grouped work ------------------------------------------------------------------
-    async def _write_records(self, records: list[ExecutionRecord]) -> list[bool | Exception]:
-        """Write a batch of records in one transaction (see :class:`Grouped`); a transient
-        fault holds the batch until it passes; a record that cannot be written fails
+    async def _write_records(
+        self, batch: list[tuple[ExecutionRecord, Event | None]]
+    ) -> list[bool | Exception]:
+        """Write a batch of records in one transaction (see :class:`Grouped`), then
+        publish the events of those written in one round trip. A transient fault
+        holds the batch until it passes; a record that cannot be written fails
         only its own job."""
+        records = [record for record, _ in batch]
         write = functools.partial(asyncio.to_thread, self._save, records)
-        return await persist(write, f"writing {len(records)} execution records", log)
+        outcomes = await persist(write, f"writing {len(records)} execution records", log)
+        events = [e for (_, e), ok in zip(batch, outcomes, strict=True) if e and ok is True]
+        if events:
+            await self._publish_all(events)
+        return outcomes
+
+    async def _publish_all(self, events: list[Event]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            pipe.publish(keys.events(event.execution_id), event.encode())
+        try:
+            await pipe.execute()
+        except TRANSIENT as e:
+            log.info("%d events not published: %s", len(events), e)
 
     def _save(self, records: list[ExecutionRecord]) -> list[bool | Exception]:
         try:

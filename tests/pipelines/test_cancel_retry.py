@@ -116,10 +116,12 @@ def test_cancelling_a_job_whose_replica_is_still_loading_stops_it_before_it_runs
     (folder / "task.py").write_text("import time\ntime.sleep(30)  # a large model\n" + code)
     client.register_task(folder)
     execution_id = client.submit("slow_load", {})
-    wait_until(
-        lambda: client.execution(execution_id).steps[0].phase == StepPhase.LOADING,
-        what="the job to wait for its replica to load",
-    )
+
+    def waits_for_its_replica() -> StepPhase | None:
+        phase = client.execution(execution_id).steps[0].phase
+        return phase if phase in (StepPhase.STARTING, StepPhase.LOADING) else None
+
+    wait_until(waits_for_its_replica, timeout=60, what="the job to wait for its replica")
 
     client.cancel(execution_id)
     record = client.wait(execution_id, timeout=20)  # not the 30 s the load takes

@@ -80,8 +80,13 @@ def attempt(source, planned, document, cancelled=False):
         async def is_cancelled():
             return cancelled
 
+        async def on_start(worker):  # as the driver's: refuses a call cancelled meanwhile
+            if cancelled:
+                raise Cancelled("cancelled by a user")
+
         call = StepCall("probe", timeout=planned.policy.timeout)
-        outcome, ref = await caller.attempt(planned, call, (ray.put(document),), is_cancelled)
+        args = (ray.put(document),)
+        outcome, ref = await caller.attempt(planned, call, args, is_cancelled, on_start)
         value = await ref if ref is not None else None
         return outcome, value, router.routes
 
@@ -149,12 +154,15 @@ def test_an_attempt_stopped_while_it_checks_for_a_cancel_gives_its_slot_back(rep
         caller = Caller(router)
         checking = asyncio.Event()
 
-        async def redis_away():
+        async def not_cancelled():
+            return False
+
+        async def redis_away(worker):  # the check in on_start, as the driver's
             checking.set()
             await asyncio.Event().wait()  # never answers
 
         stopped = asyncio.create_task(
-            caller.attempt(planned, StepCall("probe"), (None,), redis_away)
+            caller.attempt(planned, StepCall("probe"), (None,), not_cancelled, redis_away)
         )
         await checking.wait()
         stopped.cancel()
