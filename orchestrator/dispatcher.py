@@ -66,6 +66,7 @@ from orchestrator.resilience import async_redis, persist
 from orchestrator.runtime import actors
 from orchestrator.runtime.caller import Caller
 from orchestrator.runtime.driver import Driver, Executor
+from orchestrator.runtime.grouped import Grouped
 from orchestrator.runtime.router import AGING_S, ControllerReplicas, Router
 from orchestrator.runtime.store import RecordsRunStore
 from orchestrator.settings import Settings
@@ -106,6 +107,7 @@ class Dispatcher:
         # Heartbeat, renewal and take-over never queue behind jobs for a connection.
         self.control = async_redis(settings.redis.url, timeout_s=CONTROL_TIMEOUT_S)
         self._renew_mine = self.control.register_script(_RENEW_MINE)
+        self._acks: Grouped[tuple[Entry, Event | None], None] = Grouped(self._ack_all)
         self.store = RecordsRunStore(
             open_records(settings), open_objects(settings), self.redis, self.cfg.inline_result_bytes
         )
@@ -355,17 +357,22 @@ class Dispatcher:
     async def _ack(self, entry: Entry, event: Event | None = None) -> None:
         """Acknowledge an entry and delete it: its record holds all it carried, so
         the stream keeps only the jobs not yet done (Redis does not grow with history).
-        The event saying how the job ended goes out in the same round trip."""
+        The event saying how the job ended goes out in the same round trip, with
+        those of every job acknowledged at the same moment."""
+        await self._acks((entry, event))
 
+    async def _ack_all(self, batch: list[tuple[Entry, Event | None]]) -> list[None]:
         async def ack_and_delete() -> None:
             pipe = self.redis.pipeline(transaction=True)
-            pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
-            pipe.xdel(entry.stream, entry.entry_id)
-            if event is not None:
-                pipe.publish(keys.events(event.execution_id), event.encode())
+            for entry, event in batch:
+                pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
+                pipe.xdel(entry.stream, entry.entry_id)
+                if event is not None:
+                    pipe.publish(keys.events(event.execution_id), event.encode())
             await pipe.execute()
 
-        await persist(ack_and_delete, f"acknowledging {entry.entry_id}", log)
+        await persist(ack_and_delete, f"acknowledging {len(batch)} entries", log)
+        return [None] * len(batch)
 
     # leases and recovery -------------------------------------------------------
     async def _renew(self) -> None:

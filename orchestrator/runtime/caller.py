@@ -122,6 +122,10 @@ class Caller:
     ) -> tuple[str, Any]:
         """A replica slot; Cancelled, right where it waits, if the execution is cancelled
         while its replica is placed, loads, or is busy."""
+        if call.prefer is None:
+            free = self.router.try_acquire(step, call.execution_id)
+            if free is not None:
+                return free
         waiting = asyncio.ensure_future(
             self.router.acquire(step, call.priority, call.prefer, on_wait, call.execution_id)
         )

@@ -128,7 +128,10 @@ class Driver:
             if plan.caching:
                 await self._answer_from_cache(run)
             self._expect(run)
-            await _all_or_none([self._step(run, s) for s in plan.steps])
+            if len(plan.steps) == 1:  # a task: nothing beside it to stop, no task to make
+                await self._step(run, plan.steps[0])
+            else:
+                await _all_or_none([self._step(run, s) for s in plan.steps])
         finally:
             self.executor.forget(record.execution_id)
         verdict = lifecycle.judge(record.steps, plan.name_failed_step)

@@ -258,6 +258,25 @@ class Router:
                 heapq.heapify(route.waiting)
                 _signal(route)
 
+    def try_acquire(
+        self, step: PlannedStep, execution_id: str | None = None
+    ) -> tuple[str, Any] | None:
+        """A free slot taken at once, or None if the call would have to wait (no
+        replica known, none free, or calls already in line): the common case under
+        a steady load costs no task, event or timer."""
+        route = self.routes.get(keys.set_key(step.task_id, step.version))
+        if route is None or route.stale or route.waiting or route.sha256 != step.package_sha256:
+            return None
+        name = _least_loaded(route)
+        if name is None:
+            return None
+        self._ensure_reporting()
+        route.demand += 1
+        if execution_id is not None and route.expected.get(execution_id):
+            route.expected[execution_id] -= 1
+        route.outstanding[name] += 1
+        return name, route.handles[name]
+
     def limit(self, step: PlannedStep) -> int:
         """How many calls one replica of the step's set takes at once (as last fetched)."""
         route = self.routes.get(keys.set_key(step.task_id, step.version))

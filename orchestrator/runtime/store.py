@@ -74,6 +74,7 @@ class RecordsRunStore:
         self.writes: Grouped[tuple[ExecutionRecord, Event | None], bool] = Grouped(
             self._write_records
         )
+        self.cancel_checks: Grouped[str, bool] = Grouped(self._read_cancel_flags)
 
     async def load(self, execution_id: str) -> ExecutionRecord | None:
         return await persist(
@@ -92,8 +93,19 @@ class RecordsRunStore:
             log.info("event of %s not published: %s", event.execution_id, e)
 
     async def cancelled(self, execution_id: str) -> bool:
-        flag = keys.cancel_flag(execution_id)
-        return bool(await persist(lambda: self.redis.exists(flag), "reading a cancel flag", log))
+        return await self.cancel_checks(execution_id)
+
+    async def _read_cancel_flags(self, execution_ids: list[str]) -> list[bool]:
+        """Whether each execution was cancelled: one round trip for every job asking now
+        (each call waiting for a slot or running asks once a second)."""
+
+        async def read() -> list[bool]:
+            pipe = self.redis.pipeline(transaction=False)
+            for execution_id in execution_ids:
+                pipe.exists(keys.cancel_flag(execution_id))
+            return [bool(n) for n in await pipe.execute()]
+
+        return await persist(read, f"reading {len(execution_ids)} cancel flags", log)
 
     async def input_of(self, job: Job) -> Any:
         """The job's input document, read from the object store if it was offloaded."""

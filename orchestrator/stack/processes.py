@@ -49,18 +49,44 @@ def alive(proc: psutil.Process) -> bool:
         return False
 
 
-def stop(procs: list[psutil.Process], grace_s: float = 10) -> list[str]:
-    """SIGTERM, then SIGKILL what is left after ``grace_s``; returns their names, one each."""
-    names = sorted(name_of(p) for p in procs)
+def terminate(procs: list[psutil.Process]) -> None:
+    """SIGTERM each (those already gone are skipped)."""
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
-    _, left = psutil.wait_procs(procs, timeout=grace_s)
+
+
+def stop(procs: list[psutil.Process], grace_s: float = 10) -> list[str]:
+    """SIGTERM, then SIGKILL what is left after ``grace_s``; returns their names, one each."""
+    names = sorted(name_of(p) for p in procs)
+    terminate(procs)
+    left = wait_gone(procs, grace_s)
     for p in left:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs(left, timeout=5)
+    wait_gone(left, 5)
     return names
+
+
+def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process has exited; those still running after ``timeout_s``.
+
+    A process that exited but that its parent has not reaped yet (a zombie: our
+    daemons' parent is init, which reaps when it gets to it) counts as gone.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [p for p in procs if _running(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def name_of(proc: psutil.Process) -> str:

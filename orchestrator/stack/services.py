@@ -179,8 +179,22 @@ def stack_processes(state: StackState) -> list[psutil.Process]:
 
 
 def stop(state: StackState | None) -> list[str]:
-    """Stop this stack's processes, the supervisor first (so it restarts nothing)."""
+    """Stop this stack's processes: the supervisor first (so it restarts nothing), then
+    Redis (given the time to write its append-only file) and the Ray head.
+
+    Ray's processes get ``RAY_STOP_GRACE_S`` and are then killed: the embedded
+    head keeps nothing on disk that a clean exit would save (jobs live in Redis
+    and the records), and its GCS takes over ten seconds to exit on SIGTERM.
+    """
     if state is None:
         return []
     supervisor = processes.matching([state.supervisor_pid] if state.supervisor_pid else [], [])
-    return processes.stop(supervisor) + processes.stop(stack_processes(state))
+    stopped = processes.stop(supervisor)
+    ray = ray_processes(state)
+    others = [p for p in stack_processes(state) if p.pid not in {r.pid for r in ray}]
+    for group in (ray, others):  # SIGTERM to all, Ray's first: they go down together
+        processes.terminate(group)
+    return stopped + processes.stop(ray, grace_s=RAY_STOP_GRACE_S) + processes.stop(others)
+
+
+RAY_STOP_GRACE_S = 1.0  # Ray's processes have this long after SIGTERM, then SIGKILL
