@@ -519,8 +519,10 @@ class Controller:
             record = await asyncio.to_thread(self.records.get_task, task_id, version)
             if record is None:
                 raise NotFoundError(f"unknown task {task_id!r} version {version}")
-            rs = self.sets.setdefault(key, ReplicaSet(record=record))
-            await self._adopt(rs)
+            rs = self.sets.get(key)  # another caller may have made it while this one read
+            if rs is None:  # made and adopted in one step: no await between them
+                rs = self.sets[key] = ReplicaSet(record=record)
+                self._adopt(rs)
         return rs
 
     async def _renew(self, rs: ReplicaSet) -> None:
@@ -535,13 +537,17 @@ class Controller:
         for name in rs.drain(len(rs.ready), why):
             self._note("stopping", name, why)
 
-    async def _adopt(self, rs: ReplicaSet) -> None:
-        """Take over replicas a previous controller started (they are detached)."""
+    def _adopt(self, rs: ReplicaSet) -> None:
+        """Take over replicas a previous controller started (they are detached); only
+        when the set is made, so a replica this controller is starting is never
+        taken for a ready one."""
         prefix = keys.replica_prefix(rs.record.task_id, rs.record.version)
         names = [
             a["name"]
             for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == self.settings.ray.namespace and a["name"].startswith(prefix)
+            if a["namespace"] == self.settings.ray.namespace
+            and a["name"].startswith(prefix)
+            and not rs.keeps(a["name"])
         ]
         for name in names:
             with contextlib.suppress(Exception):

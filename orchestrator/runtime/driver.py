@@ -284,6 +284,7 @@ class Driver:
             if await _cancelled_during(backoff, cancelled):
                 self._end_step(sr, StepStatus.CANCELLED)
                 break
+        run.done[step.step_id].set()  # its dependents go on while its end is written
         await self._save(run, sr)
 
     async def _waiting(self, run: _Run, sr: StepRecord, phase: StepPhase) -> None:

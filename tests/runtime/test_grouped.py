@@ -72,7 +72,7 @@ def test_concurrent_record_writes_share_transactions_and_all_land(tmp_path):
 
     async def scenario():
         store = run_store(records, tmp_path)
-        return await asyncio.gather(*(store.writes(r) for r in batch))
+        return await asyncio.gather(*(store.writes((r, None)) for r in batch))
 
     assert asyncio.run(scenario()) == [True] * 200
     assert [records.get_execution(r.execution_id) for r in batch] == batch
@@ -86,7 +86,7 @@ def test_an_unwritable_record_fails_only_its_own_write(tmp_path):
 
     async def scenario():
         store = run_store(records, tmp_path)
-        writes = [store.writes(r) for r in [*good[:2], bad, *good[2:]]]
+        writes = [store.writes((r, None)) for r in [*good[:2], bad, *good[2:]]]
         return await asyncio.gather(*writes, return_exceptions=True)
 
     outcomes = asyncio.run(scenario())
@@ -103,7 +103,7 @@ def test_a_write_refused_because_the_execution_ended_says_so(tmp_path):
     starting = ended.model_copy(update={"status": ExecutionStatus.RUNNING})
 
     async def scenario():
-        return await run_store(records, tmp_path).writes(starting)
+        return await run_store(records, tmp_path).writes((starting, None))
 
     assert asyncio.run(scenario()) is False
     assert records.get_execution(ended.execution_id).status == ExecutionStatus.CANCELLED
@@ -119,7 +119,7 @@ def test_a_locked_store_holds_the_batch_until_it_is_free(tmp_path, caplog):
 
     async def scenario():
         store = run_store(records, tmp_path)
-        pending = asyncio.gather(*(store.writes(r) for r in batch))
+        pending = asyncio.gather(*(store.writes((r, None)) for r in batch))
         while records.transactions < 3:  # tried, and failed on the lock, three times
             await asyncio.sleep(0.01)
         assert not pending.done()
